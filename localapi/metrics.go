@@ -1,0 +1,91 @@
+package localapi
+
+import (
+	"strconv"
+	"sync/atomic"
+
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// metrics are the API's Prometheus collectors.
+type metrics struct {
+	requests *prometheus.CounterVec
+	expiry   *expiryCollector
+}
+
+func newMetrics(sessions Sessions) *metrics {
+	return &metrics{
+		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "erply_sessiond_local_requests_total",
+			Help: "Requests to the local API by route pattern and HTTP status.",
+		}, []string{"route", "code"}),
+		expiry: &expiryCollector{
+			sessions: sessions,
+			desc: prometheus.NewDesc("erply_sessiond_session_expiry_timestamp_seconds",
+				"When each credential's current session expires, in Unix seconds (absent while it has none).",
+				[]string{"credential"}, nil),
+		},
+	}
+}
+
+// statusSlots are the statuses the API answers; each route keeps their
+// counters at hand so that counting a request allocates nothing.
+var statusSlots = [...]int{200, 204, 301, 400, 403, 404, 405, 412, 413, 500, 503}
+
+func slotOf(status int) int {
+	for i, c := range statusSlots {
+		if c == status {
+			return i
+		}
+	}
+	return -1
+}
+
+// routeCounters are one route's request counters, made on first use so
+// that only statuses that happened are exported.
+type routeCounters struct {
+	vec   *prometheus.CounterVec
+	route string
+	slots [len(statusSlots)]atomic.Pointer[prometheus.Counter]
+}
+
+func (m *metrics) forRoute(route string) *routeCounters {
+	return &routeCounters{vec: m.requests, route: route}
+}
+
+func (rc *routeCounters) inc(status int) {
+	i := slotOf(status)
+	if i < 0 {
+		rc.vec.WithLabelValues(rc.route, strconv.Itoa(status)).Inc()
+		return
+	}
+	c := rc.slots[i].Load()
+	if c == nil {
+		// Racing first uses store the same child counter.
+		cv := rc.vec.WithLabelValues(rc.route, strconv.Itoa(status))
+		c = &cv
+		rc.slots[i].Store(c)
+	}
+	(*c).Inc()
+}
+
+// expiryCollector exports each credential's session expiry from the pool's
+// snapshots at scrape time.
+type expiryCollector struct {
+	sessions Sessions
+	desc     *prometheus.Desc
+}
+
+// Describe implements prometheus.Collector.
+func (c *expiryCollector) Describe(ch chan<- *prometheus.Desc) { ch <- c.desc }
+
+// Collect implements prometheus.Collector.
+func (c *expiryCollector) Collect(ch chan<- prometheus.Metric) {
+	for _, snap := range c.sessions.Snapshots() {
+		if snap == nil || snap.Session == nil || snap.ExpiresAt.IsZero() {
+			continue
+		}
+		ch <- prometheus.MustNewConstMetric(c.desc, prometheus.GaugeValue,
+			float64(snap.ExpiresAt.UnixMilli())/1e3, snap.Name)
+	}
+}

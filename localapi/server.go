@@ -1,0 +1,348 @@
+// Package localapi owns the daemon's local HTTP API: the routes on the Unix socket and the optional loopback TCP listener, their access checks, metrics and health endpoints.
+package localapi
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io/fs"
+	"log"
+	"net"
+	"net/http"
+	"os"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/rs/zerolog"
+
+	"github.com/erply-sessiond/erply-sessiond/clock"
+	"github.com/erply-sessiond/erply-sessiond/pool"
+	"github.com/erply-sessiond/erply-sessiond/srv"
+)
+
+// Sessions is what the API needs from the session pool; *pool.Pool satisfies it.
+type Sessions interface {
+	// Get returns a snapshot whose session is valid for at least the margin,
+	// logging in if needed (may block up to ctx).
+	Get(ctx context.Context, name string) (*pool.Snapshot, error)
+	// Invalidate is compare-and-refresh: refresh only if staleKey is still
+	// current; answers the current snapshot.
+	Invalidate(ctx context.Context, name, staleKey string) (*pool.Snapshot, error)
+	// Snapshots returns every credential's current snapshot, in config order,
+	// without refreshing.
+	Snapshots() []*pool.Snapshot
+	// Subscribe calls f (synchronously, from the pool's goroutine; f must be
+	// quick) with every new snapshot of any credential, including a final one
+	// with Removed=true; cancel stops it.
+	Subscribe(f func(*pool.Snapshot)) (cancel func())
+}
+
+// ReloadStatus is the outcome of the last configuration reload, shown in /readyz.
+type ReloadStatus struct {
+	OK    bool      `json:"ok"`
+	Error string    `json:"error"`
+	At    time.Time `json:"at"`
+}
+
+// Limits and timeouts of the HTTP servers.
+const (
+	// MaxBodyBytes is the largest request body accepted (413 body_too_large beyond it).
+	MaxBodyBytes = 64 << 10
+	// MaxHeaderBytes caps the request line and headers.
+	MaxHeaderBytes = 16 << 10
+	// LoginWait bounds how long a request waits for a login in flight.
+	LoginWait = 30 * time.Second
+	// DefaultEndpointCooldown is how long an endpoint reported down stays last
+	// when Options.EndpointCooldown is zero.
+	DefaultEndpointCooldown = 30 * time.Second
+	// RequestHeader is the header every session route on the TCP listener
+	// requires, with the value "1", so that a request forged through another
+	// local web application (SSRF) cannot read keys.
+	RequestHeader = "X-Sessiond-Request"
+)
+
+// Options configures a Server. Only Sessions is required.
+type Options struct {
+	Sessions Sessions
+	// Clock defaults to clock.Real.
+	Clock clock.Clock
+	// Logger receives a debug line per request (route, status, duration, peer)
+	// and warnings from net/http. The zero value logs nothing.
+	Logger zerolog.Logger
+	// Registerer receives the API's metrics; Gatherer is what /metrics serves.
+	// main passes one private *prometheus.Registry as both. When both are nil a
+	// private registry is made; when only Gatherer is nil and Registerer is
+	// also a Gatherer, it is used for both.
+	Registerer prometheus.Registerer
+	Gatherer   prometheus.Gatherer
+	// Margin is the expiry margin: a pre-rendered key is served only while
+	// now+Margin is before its expiry; otherwise the request goes to
+	// Sessions.Get. MarginOf, when set, replaces it per snapshot; when
+	// MarginOf is nil and Sessions has a method
+	// MarginOf(*pool.Snapshot) time.Duration (as *pool.Pool does), that method
+	// is used, so the API and the pool agree on the margin of short sessions.
+	Margin   time.Duration
+	MarginOf func(*pool.Snapshot) time.Duration
+	// EndpointCooldown is how long an endpoint reported down is ordered last
+	// (DefaultEndpointCooldown when zero).
+	EndpointCooldown time.Duration
+	// Intn is the randomness for endpoint ordering, with the contract of
+	// rand.IntN; nil means math/rand/v2.
+	Intn func(int) int
+	// TCPSessions serves the session routes on TCP listeners too; each such
+	// request must then carry RequestHeader: 1 (412 without it). When false
+	// they answer 404 on TCP.
+	TCPSessions bool
+	// LastReload, when set, reports the last reload for /readyz.
+	LastReload func() *ReloadStatus
+	// PeerCred, when set, replaces reading SO_PEERCRED from Unix connections
+	// (for tests). ok=false means the peer is unknown.
+	PeerCred func(net.Conn) (uid, gid, pid uint32, ok bool)
+	// Proxy, when set, is mounted at POST /v1/sessions/{name}/api behind the
+	// same checks as the other session routes (name, access, TCP header);
+	// when nil that route does not exist.
+	Proxy http.Handler
+}
+
+// Server serves the local API on any number of listeners. Its methods are
+// safe for concurrent use. Make one with New and always call Shutdown, which
+// also ends its subscription to the pool.
+type Server struct {
+	sessions    Sessions
+	clk         clock.Clock
+	log         zerolog.Logger
+	marginOf    func(*pool.Snapshot) time.Duration
+	intn        func(int) int
+	tcpSessions bool
+	lastReload  func() *ReloadStatus
+	peerCred    func(net.Conn) connInfo
+	proxy       http.Handler
+	gatherer    prometheus.Gatherer
+	selfUID     uint32
+
+	cache   cache
+	downs   *srv.Downs
+	metrics   *metrics
+	unmatched *routeCounters
+	mux       *http.ServeMux
+	handler   http.Handler
+
+	mu      sync.Mutex
+	closed  bool
+	servers []*http.Server
+	unsub   func()
+}
+
+// New returns a Server answering from opts.Sessions. It subscribes to the
+// pool at once, so pre-rendered answers are current before the first request.
+// It registers the API's metrics on opts.Registerer and panics if they are
+// already registered there (a wiring mistake, as with prometheus.MustRegister).
+func New(opts Options) *Server {
+	if opts.Sessions == nil {
+		panic("localapi: Options.Sessions is nil")
+	}
+	s := &Server{
+		sessions:    opts.Sessions,
+		clk:         opts.Clock,
+		log:         opts.Logger.With().Str("component", "localapi").Logger(),
+		intn:        opts.Intn,
+		tcpSessions: opts.TCPSessions,
+		lastReload:  opts.LastReload,
+		proxy:       opts.Proxy,
+		selfUID:     uint32(os.Getuid()),
+	}
+	if s.clk == nil {
+		s.clk = clock.Real{}
+	}
+	switch {
+	case opts.MarginOf != nil:
+		s.marginOf = opts.MarginOf
+	default:
+		if m, ok := opts.Sessions.(interface {
+			MarginOf(*pool.Snapshot) time.Duration
+		}); ok {
+			s.marginOf = m.MarginOf
+		} else {
+			margin := opts.Margin
+			s.marginOf = func(*pool.Snapshot) time.Duration { return margin }
+		}
+	}
+	if opts.PeerCred != nil {
+		f := opts.PeerCred
+		s.peerCred = func(c net.Conn) connInfo {
+			uid, gid, pid, ok := f(c)
+			return connInfo{ok: ok, uid: uid, gid: gid, pid: pid}
+		}
+	} else {
+		s.peerCred = readPeerCred
+	}
+	cooldown := opts.EndpointCooldown
+	if cooldown == 0 {
+		cooldown = DefaultEndpointCooldown
+	}
+	s.downs = srv.NewDowns(s.clk, cooldown)
+
+	reg, gat := opts.Registerer, opts.Gatherer
+	if reg == nil && gat == nil {
+		r := prometheus.NewRegistry()
+		reg, gat = r, r
+	}
+	if gat == nil {
+		if g, ok := reg.(prometheus.Gatherer); ok {
+			gat = g
+		} else {
+			gat = prometheus.NewRegistry()
+		}
+	}
+	s.gatherer = gat
+	s.metrics = newMetrics(s.sessions)
+	if reg != nil {
+		reg.MustRegister(s.metrics.requests, s.metrics.expiry)
+	}
+
+	s.cache.init(s.render)
+	s.unsub = s.sessions.Subscribe(s.onSnapshot)
+	s.cache.seed(s.sessions.Snapshots())
+
+	s.routes()
+	s.handler = http.HandlerFunc(s.serveHTTP)
+	return s
+}
+
+// ListenUnix makes the Unix socket at path with the given permission bits
+// (0660 when mode is 0). A stale socket left by a crashed daemon is removed
+// first; a socket on which some process still accepts connections, or a path
+// that is not a socket at all, is refused with an error naming the path.
+//
+// The listener unlinks path when closed (Shutdown closes it), because it
+// created it. A listener inherited from systemd (net.FileListener) is never
+// unlinked by Go; callers that build one some other way must call
+// SetUnlinkOnClose(false) on it themselves.
+//
+// Between the socket's creation and the chmod it carries the umask's mode;
+// keep it in a directory only the daemon's user and group can enter.
+func ListenUnix(path string, mode os.FileMode) (net.Listener, error) {
+	if mode == 0 {
+		mode = 0o660
+	}
+	fi, err := os.Lstat(path)
+	switch {
+	case err == nil:
+		if fi.Mode().Type() != fs.ModeSocket {
+			return nil, fmt.Errorf("localapi: %s exists and is not a socket; refusing to replace it", path)
+		}
+		if err := probeStale(path); err != nil {
+			return nil, err
+		}
+		if err := os.Remove(path); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			return nil, fmt.Errorf("localapi: removing stale socket: %w", err)
+		}
+	case !errors.Is(err, fs.ErrNotExist):
+		return nil, fmt.Errorf("localapi: %w", err)
+	}
+	l, err := net.Listen("unix", path)
+	if err != nil {
+		return nil, fmt.Errorf("localapi: %w", err)
+	}
+	if err := os.Chmod(path, mode.Perm()); err != nil {
+		l.Close()
+		return nil, fmt.Errorf("localapi: setting socket mode: %w", err)
+	}
+	return l, nil
+}
+
+// probeStale returns nil when nobody accepts connections on the socket at
+// path (connection refused), so it may be removed.
+func probeStale(path string) error {
+	c, err := net.DialTimeout("unix", path, time.Second)
+	if err == nil {
+		c.Close()
+		return fmt.Errorf("localapi: %s: another process is serving on this socket", path)
+	}
+	if errors.Is(err, syscall.ECONNREFUSED) || errors.Is(err, fs.ErrNotExist) {
+		return nil
+	}
+	return fmt.Errorf("localapi: %s exists and cannot be checked, not replacing it: %w", path, err)
+}
+
+// Serve answers requests on l until Shutdown, then returns nil (any other
+// error is the listener's). tcp applies the TCP rules: no peer credentials,
+// session routes only with Options.TCPSessions and RequestHeader. Serve
+// closes l when it returns.
+func (s *Server) Serve(l net.Listener, tcp bool) error {
+	hs := &http.Server{
+		Handler:           s.handler,
+		ReadHeaderTimeout: 5 * time.Second,
+		ReadTimeout:       30 * time.Second,
+		// The proxy and invalidate may wait up to LoginWait for a login.
+		WriteTimeout:   60 * time.Second,
+		IdleTimeout:    120 * time.Second,
+		MaxHeaderBytes: MaxHeaderBytes,
+		ErrorLog:       log.New(httpLogWriter{s.log}, "", 0),
+		ConnContext: func(ctx context.Context, c net.Conn) context.Context {
+			ci := connInfo{tcp: true}
+			if !tcp {
+				ci = s.peerCred(c)
+			}
+			return context.WithValue(ctx, connKey{}, &ci)
+		},
+	}
+	s.mu.Lock()
+	if s.closed {
+		s.mu.Unlock()
+		l.Close()
+		return nil
+	}
+	s.servers = append(s.servers, hs)
+	s.mu.Unlock()
+	if err := hs.Serve(l); !errors.Is(err, http.ErrServerClosed) {
+		return fmt.Errorf("localapi: serve: %w", err)
+	}
+	return nil
+}
+
+// Shutdown stops accepting, waits for requests in flight until ctx ends,
+// then closes every connection and listener (removing a socket made by
+// ListenUnix) and ends the pool subscription. It returns ctx's error if
+// requests were still running when it ended.
+func (s *Server) Shutdown(ctx context.Context) error {
+	s.mu.Lock()
+	s.closed = true
+	servers := s.servers
+	s.servers = nil
+	unsub := s.unsub
+	s.unsub = nil
+	s.mu.Unlock()
+	if unsub != nil {
+		unsub()
+	}
+
+	errs := make([]error, len(servers))
+	var wg sync.WaitGroup
+	for i, hs := range servers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			errs[i] = hs.Shutdown(ctx)
+			if err := hs.Close(); err != nil && errs[i] == nil {
+				errs[i] = err
+			}
+		}()
+	}
+	wg.Wait()
+	if err := errors.Join(errs...); err != nil {
+		return fmt.Errorf("localapi: shutdown: %w", err)
+	}
+	return nil
+}
+
+// httpLogWriter turns net/http's own log lines into warnings.
+type httpLogWriter struct{ log zerolog.Logger }
+
+func (w httpLogWriter) Write(p []byte) (int, error) {
+	w.log.Warn().Str("source", "net/http").Msg(strings.TrimSpace(string(p)))
+	return len(p), nil
+}

@@ -1,0 +1,111 @@
+package upstream
+
+import (
+	"context"
+	"net/url"
+	"strconv"
+)
+
+// VerifyUser logs in with a user name and password. sessionLength is the
+// wanted lifetime in seconds; 0 leaves it to Erply (3600).
+func (c *Client) VerifyUser(ctx context.Context, acct Account, username, password string, sessionLength int) (*Session, error) {
+	form := url.Values{"username": {username}, "password": {password}}
+	setSessionLength(form, sessionLength)
+	return c.login(ctx, acct, "verifyUser", form)
+}
+
+// SwitchUser logs in with a PIN on top of parentSessionKey, which must be
+// valid or expired less than two hours ago (else ErrSessionTooOld).
+func (c *Client) SwitchUser(ctx context.Context, acct Account, parentSessionKey, pin string, sessionLength int) (*Session, error) {
+	form := url.Values{"sessionKey": {parentSessionKey}, "cardCode": {pin}}
+	setSessionLength(form, sessionLength)
+	return c.login(ctx, acct, "switchUser", form)
+}
+
+// VerifyIdentityToken exchanges an Identity (or Erply) JWT for a session key.
+// Its reply carries only the key: SessionLength is 0, ask GetSessionKeyInfo.
+func (c *Client) VerifyIdentityToken(ctx context.Context, acct Account, jwt string) (*Session, error) {
+	return c.login(ctx, acct, "verifyIdentityToken", url.Values{"jwt": {jwt}})
+}
+
+// VerifyOAuthToken logs in with a single sign-on id token; expiresIn is the
+// wanted session length in seconds.
+func (c *Client) VerifyOAuthToken(ctx context.Context, acct Account, idToken string, expiresIn int) (*Session, error) {
+	form := url.Values{"idToken": {idToken}, "expiresIn": {strconv.Itoa(expiresIn)}}
+	return c.login(ctx, acct, "verifyOAuthToken", form)
+}
+
+// GetSessionKeyInfo returns the creation and expiry times of sessionKey, on
+// Erply's clock.
+func (c *Client) GetSessionKeyInfo(ctx context.Context, acct Account, sessionKey string) (*SessionKeyInfo, error) {
+	var info *SessionKeyInfo
+	_, err := c.call(ctx, acct, "getSessionKeyInfo", url.Values{"sessionKey": {sessionKey}}, func(r *Reply) (err error) {
+		info, err = decodeSessionKeyInfo(r)
+		return err
+	})
+	if err != nil {
+		return nil, err
+	}
+	return info, nil
+}
+
+// GetSessionKeyUser returns what verifyUser returned for sessionKey, without
+// making a new session.
+func (c *Client) GetSessionKeyUser(ctx context.Context, acct Account, sessionKey string) (*Session, error) {
+	const request = "getSessionKeyUser"
+	var s *Session
+	_, err := c.call(ctx, acct, request, url.Values{"sessionKey": {sessionKey}}, func(r *Reply) (err error) {
+		s, err = decodeSession(request, r)
+		return err
+	})
+	if err != nil {
+		return nil, err
+	}
+	if s.SessionKey == "" {
+		s.SessionKey = sessionKey
+	}
+	return s, nil
+}
+
+// GetJwtToken returns the session's Erply JWT.
+func (c *Client) GetJwtToken(ctx context.Context, acct Account, sessionKey string) (*JWT, error) {
+	return c.jwt(ctx, acct, "getJwtToken", "token", sessionKey)
+}
+
+// GetIdentityToken returns the session's Identity JWT.
+func (c *Client) GetIdentityToken(ctx context.Context, acct Account, sessionKey string) (*JWT, error) {
+	return c.jwt(ctx, acct, "getIdentityToken", "identityToken", sessionKey)
+}
+
+func (c *Client) jwt(ctx context.Context, acct Account, request, field, sessionKey string) (*JWT, error) {
+	var j *JWT
+	_, err := c.call(ctx, acct, request, url.Values{"sessionKey": {sessionKey}}, func(r *Reply) (err error) {
+		j, err = decodeJWT(r, field)
+		return err
+	})
+	if err != nil {
+		return nil, err
+	}
+	return j, nil
+}
+
+// login makes a call whose reply is a new session, which must carry its key.
+func (c *Client) login(ctx context.Context, acct Account, request string, form url.Values) (*Session, error) {
+	var s *Session
+	_, err := c.call(ctx, acct, request, form, func(r *Reply) (err error) {
+		if s, err = decodeSession(request, r); err == nil && s.SessionKey == "" {
+			err = badReply("no sessionKey")
+		}
+		return err
+	})
+	if err != nil {
+		return nil, err
+	}
+	return s, nil
+}
+
+func setSessionLength(form url.Values, seconds int) {
+	if seconds > 0 {
+		form.Set("sessionLength", strconv.Itoa(seconds))
+	}
+}
