@@ -33,6 +33,8 @@ var t0 = time.Date(2025, 3, 4, 10, 0, 0, 0, time.UTC)
 type fakeSessions struct {
 	GetFunc        func(ctx context.Context, name string) (*pool.Snapshot, error)
 	InvalidateFunc func(ctx context.Context, name, staleKey string) (*pool.Snapshot, error)
+	// SnapshotsFunc, when set, sees (and may replace) the list Snapshots returns.
+	SnapshotsFunc func(list []*pool.Snapshot) []*pool.Snapshot
 
 	gets, invalidates atomic.Int32
 
@@ -42,7 +44,10 @@ type fakeSessions struct {
 	next  int
 }
 
-var _ localapi.Sessions = (*fakeSessions)(nil)
+var (
+	_ localapi.Sessions = (*fakeSessions)(nil)
+	_ localapi.Sessions = (*pool.Pool)(nil) // the real pool fits
+)
 
 func newFake(snaps ...*pool.Snapshot) *fakeSessions {
 	return &fakeSessions{snaps: snaps, subs: map[int]func(*pool.Snapshot){}}
@@ -69,8 +74,12 @@ func (f *fakeSessions) Invalidate(ctx context.Context, name, staleKey string) (*
 
 func (f *fakeSessions) Snapshots() []*pool.Snapshot {
 	f.mu.Lock()
-	defer f.mu.Unlock()
-	return slices.Clone(f.snaps)
+	list := slices.Clone(f.snaps)
+	f.mu.Unlock()
+	if f.SnapshotsFunc != nil {
+		return f.SnapshotsFunc(list)
+	}
+	return list
 }
 
 func (f *fakeSessions) Subscribe(fn func(*pool.Snapshot)) func() {

@@ -70,7 +70,8 @@ type Options struct {
 	// Clock defaults to clock.Real.
 	Clock clock.Clock
 	// Logger receives a debug line per request (route, status, duration, peer)
-	// and warnings from net/http. The zero value logs nothing.
+	// and warnings from net/http; the caller labels it (component=localapi).
+	// The zero value logs nothing.
 	Logger zerolog.Logger
 	// Registerer receives the API's metrics; Gatherer is what /metrics serves.
 	// main passes one private *prometheus.Registry as both. When both are nil a
@@ -123,8 +124,8 @@ type Server struct {
 	gatherer    prometheus.Gatherer
 	selfUID     uint32
 
-	cache   cache
-	downs   *srv.Downs
+	cache     cache
+	downs     *srv.Downs
 	metrics   *metrics
 	unmatched *routeCounters
 	mux       *http.ServeMux
@@ -147,7 +148,7 @@ func New(opts Options) *Server {
 	s := &Server{
 		sessions:    opts.Sessions,
 		clk:         opts.Clock,
-		log:         opts.Logger.With().Str("component", "localapi").Logger(),
+		log:         opts.Logger,
 		intn:        opts.Intn,
 		tcpSessions: opts.TCPSessions,
 		lastReload:  opts.LastReload,

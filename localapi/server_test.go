@@ -13,6 +13,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -160,16 +161,39 @@ func TestHotPathFallsBackInsideMargin(t *testing.T) {
 	expect(t, h.get("/v1/sessions/pos/key"), 404, textType, "error: unknown credential\n")
 }
 
+// marginSessions is a pool that states its own margin, as *pool.Pool does.
+type marginSessions struct{ *fakeSessions }
+
+func (marginSessions) MarginOf(*pool.Snapshot) time.Duration { return 10 * time.Second }
+
 func TestMarginOfOverridesMargin(t *testing.T) {
-	// A 60 s session whose margin is 10 s (a sixth of its lifetime).
-	fake := newFake(snapshot("pos", "SHORT", t0.Add(60*time.Second), 1))
-	h := start(t, fake, setup{opts: func(o *localapi.Options) {
-		o.MarginOf = func(s *pool.Snapshot) time.Duration { return 10 * time.Second }
-	}})
-	h.clk.Advance(45 * time.Second)
-	expect(t, h.get("/v1/sessions/pos/key"), 200, textType, "SHORT\n")
-	if n := fake.gets.Load(); n != 0 {
-		t.Errorf("Get called %d times, want 0: 15 s left is outside a 10 s margin", n)
+	// A 60 s session whose margin is 10 s (a sixth of its lifetime), while
+	// Options.Margin says 60 s.
+	for _, tc := range []struct {
+		name string
+		opts func(*localapi.Options)
+	}{
+		{"option", func(o *localapi.Options) {
+			o.MarginOf = func(*pool.Snapshot) time.Duration { return 10 * time.Second }
+		}},
+		{"pool method", func(o *localapi.Options) {
+			o.Sessions = marginSessions{o.Sessions.(*fakeSessions)}
+		}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			fake := newFake(snapshot("pos", "SHORT", t0.Add(60*time.Second), 1))
+			h := start(t, fake, setup{opts: tc.opts})
+			h.clk.Advance(45 * time.Second)
+			expect(t, h.get("/v1/sessions/pos/key"), 200, textType, "SHORT\n")
+			if n := fake.gets.Load(); n != 0 {
+				t.Errorf("Get called %d times, want 0: 15 s left is outside a 10 s margin", n)
+			}
+			h.clk.Advance(6 * time.Second)
+			h.get("/v1/sessions/pos/key")
+			if n := fake.gets.Load(); n != 1 {
+				t.Errorf("Get called %d times, want 1: 9 s left is inside a 10 s margin", n)
+			}
+		})
 	}
 }
 
@@ -540,11 +564,26 @@ func TestReadyz(t *testing.T) {
 // script is a scripted source of randomness that records what it was asked.
 type script struct {
 	t     *testing.T
+	mu    sync.Mutex
 	draws []int
 	asked []int
 }
 
+func (s *script) set(draws ...int) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.draws, s.asked = draws, nil
+}
+
+func (s *script) requests() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return fmt.Sprint(s.asked)
+}
+
 func (s *script) intn(n int) int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
 	s.asked = append(s.asked, n)
 	if len(s.draws) == 0 {
 		s.t.Errorf("unexpected draw intn(%d)", n)
@@ -582,16 +621,18 @@ func TestEndpoints(t *testing.T) {
 	base := "/v1/sessions/pos/endpoints/customerRegistryURLs"
 
 	// Priority 0 holds a (10) and b (20): one draw in [0, 30]; 25 lands on b.
-	sc.draws = []int{25}
+	sc.set(25)
 	expect(t, h.get(base), 200, jsonType, list(fmt.Sprintf(b, false), fmt.Sprintf(a, false), fmt.Sprintf(c, false)))
 	// 5 lands on a.
-	sc.draws = []int{5}
-	expect(t, h.get(base+"/pick"), 200, textType, "https://a.example/\n")
-	if fmt.Sprint(sc.asked) != "[31 31]" {
-		t.Errorf("draws asked %v, want [31 31]", sc.asked)
+	if got := sc.requests(); got != "[31]" {
+		t.Errorf("draws asked %v, want [31]", got)
 	}
+	// 5 lands on a.
+	sc.set(5)
+	expect(t, h.get(base+"/pick"), 200, textType, "https://a.example/\n")
 
 	// Marked down: last, with no draw left to make for the healthy ones.
+	sc.set()
 	expect(t, h.postForm(base+"/down", "url=https://a.example/"), 200, jsonType,
 		list(fmt.Sprintf(b, false), fmt.Sprintf(c, false), fmt.Sprintf(a, true)))
 	expect(t, h.get(base+"/pick"), 200, textType, "https://b.example/\n")
@@ -599,18 +640,23 @@ func TestEndpoints(t *testing.T) {
 	expect(t, h.get(base+"/pick"), 200, textType, "https://b.example/\n")
 	// The cool-down ends: a is back in the draw.
 	h.clk.Advance(time.Second)
-	sc.draws = []int{3}
+	sc.set(3)
 	expect(t, h.get(base+"/pick"), 200, textType, "https://a.example/\n")
 
 	gw := "/v1/sessions/pos/endpoints/cayanGatewayURLs"
 	t.Run("target host marks every port", func(t *testing.T) {
-		sc.draws = []int{0}
+		// The two down entries have weight 0: one Fisher–Yates draw in [0, 2); 1 keeps them in place.
+		sc.set(1)
 		expect(t, h.postForm(gw+"/down", "target=gw.example"), 200, jsonType,
 			`[{"target":"gw2.example","port":443,"down":false},{"target":"gw.example","port":443,"priority":0,"weight":0,"down":true},{"down":true}]`+"\n")
+		if got := sc.requests(); got != "[2]" {
+			t.Errorf("draws asked %v, want [2]", got)
+		}
 		h.clk.Advance(30 * time.Second)
 	})
 	t.Run("target host:port marks one", func(t *testing.T) {
-		sc.draws = []int{1}
+		// Every group holds one entry: nothing to draw.
+		sc.set()
 		expect(t, h.do(http.MethodPost, gw+"/down?target=gw.example:8443", nil), 200, jsonType,
 			`[{"target":"gw.example","port":443,"priority":0,"weight":0,"down":false},{"target":"gw2.example","port":443,"down":false},{"down":true}]`+"\n")
 	})
@@ -702,4 +748,77 @@ func TestCurl(t *testing.T) {
 	if !errors.As(err, &exit) || exit.ExitCode() != 22 {
 		t.Errorf("curl on an unknown credential: %v, want exit status 22", err)
 	}
+}
+
+func TestSnapshotsPublishedDuringStart(t *testing.T) {
+	// The pool publishes while New reads the initial snapshots: the
+	// subscription's newer news wins over the list read before it.
+	old := snapshot("pos", "OLD", t0.Add(time.Hour), 1)
+	gone := snapshot("shop", "SHOP", t0.Add(time.Hour), 1)
+	fake := newFake(old, gone)
+	var started atomic.Bool
+	fake.SnapshotsFunc = func(list []*pool.Snapshot) []*pool.Snapshot {
+		if !started.Swap(true) {
+			fake.publish(snapshot("pos", "NEW", t0.Add(2*time.Hour), 2))
+			removed := *gone
+			removed.Removed, removed.Version = true, 2
+			fake.publish(&removed)
+		}
+		return list
+	}
+	h := start(t, fake, setup{})
+	expect(t, h.get("/v1/sessions/pos/key"), 200, textType, "NEW\n")
+	expect(t, h.get("/v1/sessions/shop/key"), 404, textType, "error: unknown credential\n")
+	if n := fake.gets.Load(); n != 0 {
+		t.Errorf("Get called %d times", n)
+	}
+}
+
+func TestProxyRoute(t *testing.T) {
+	restricted := snapshot("pos", "K1", t0.Add(time.Hour), 1)
+	restricted.AllowUIDs = []uint32{1000}
+	t.Run("absent", func(t *testing.T) {
+		h := start(t, newFake(restricted), setup{})
+		expect(t, h.postForm("/v1/sessions/pos/api", "request=getProducts"), 404, jsonType,
+			`{"error":"not_found","message":"no such route"}`+"\n")
+	})
+	t.Run("mounted behind the checks", func(t *testing.T) {
+		var calls atomic.Int32
+		proxy := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			calls.Add(1)
+			if err := r.ParseForm(); err != nil {
+				var tooLarge *http.MaxBytesError
+				if !errors.As(err, &tooLarge) {
+					t.Errorf("proxy reading the body: %v", err)
+				}
+				w.WriteHeader(http.StatusRequestEntityTooLarge)
+				return
+			}
+			w.Header().Set("Content-Type", "application/json")
+			w.WriteHeader(http.StatusTeapot)
+			fmt.Fprintf(w, "proxied %s %s\n", r.PathValue("name"), r.PostForm.Get("request"))
+		})
+		uid := uint32(1000)
+		h := start(t, newFake(restricted), setup{tcp: true, opts: func(o *localapi.Options) {
+			o.Proxy = proxy
+			o.TCPSessions = true
+			o.PeerCred = func(net.Conn) (uint32, uint32, uint32, bool) { return atomic.LoadUint32(&uid), 1, 1, true }
+		}})
+		expect(t, h.postForm("/v1/sessions/pos/api", "request=getProducts"), 418, jsonType, "proxied pos getProducts\n")
+		expect(t, h.postForm("/v1/sessions/nope/api", "request=getProducts"), 404, jsonType,
+			`{"error":"unknown_credential","message":"unknown credential"}`+"\n")
+		// The proxy reads its body through the same 64 KiB limit.
+		if got := h.postForm("/v1/sessions/pos/api", "request=x&pad="+strings.Repeat("x", localapi.MaxBodyBytes)); got.status != 413 {
+			t.Errorf("oversized proxy body: %d, want 413", got.status)
+		}
+		atomic.StoreUint32(&uid, 1001)
+		expect(t, h.postForm("/v1/sessions/pos/api", "request=getProducts"), 403, jsonType,
+			`{"error":"forbidden","message":"uid 1001 may not read this credential"}`+"\n")
+		if got := h.doTCP(http.MethodPost, "/v1/sessions/pos/api"); got.status != 412 {
+			t.Errorf("proxy on TCP without the header: %d, want 412", got.status)
+		}
+		if n := calls.Load(); n != 2 {
+			t.Errorf("proxy called %d times, want 2 (the oversized one and the first)", n)
+		}
+	})
 }
