@@ -15,6 +15,7 @@ type SyntaxError struct {
 	Msg  string
 }
 
+// Error formats the error as "line N: message".
 func (e *SyntaxError) Error() string { return fmt.Sprintf("line %d: %s", e.Line, e.Msg) }
 
 // ParseEnvFile reads systemd EnvironmentFile= syntax, so that the daemon and

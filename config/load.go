@@ -107,6 +107,7 @@ type Problem struct {
 	Msg string // what is wrong; never a secret's value
 }
 
+// String formats the problem as "VAR: message".
 func (p Problem) String() string { return p.Var + ": " + p.Msg }
 
 // ValidationError is every problem found in a configuration, so that an

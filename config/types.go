@@ -34,7 +34,7 @@ func (s Secret) Read() (string, error) {
 	if s.File == "" {
 		return s.Value, nil
 	}
-	b, err := os.ReadFile(s.File)
+	b, err := readSmallRegularFile(s.File, maxSecretFileSize)
 	if err != nil {
 		return "", fmt.Errorf("%s_FILE: %w", s.Var, err)
 	}
