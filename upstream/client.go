@@ -51,7 +51,9 @@ type Options struct {
 	// retries (defaults 1 s and 30 s).
 	RetryWaitMin, RetryWaitMax time.Duration
 	// RateLimitWait is the least wait after HTTP 429 (default 10 s); a larger
-	// Retry-After wins.
+	// Retry-After wins. A call does not wait longer than the larger of this
+	// and RetryWaitMax, nor past its context's deadline: it fails at once
+	// instead, with Error.RetryAfter saying how long to wait.
 	RateLimitWait time.Duration
 	// MaxReplyBytes caps the size of a reply (default 4 MiB).
 	MaxReplyBytes int64
@@ -327,10 +329,11 @@ func (st *callState) nextWait(ctx context.Context, e *Error) time.Duration {
 		}
 	} else {
 		// Exponential backoff with jitter in [d/2, d], at least RetryWaitMin.
-		d = st.c.waitMin << min(st.attempts-1, 30)
-		if d <= 0 || d > st.c.waitMax {
-			d = st.c.waitMax
+		d = st.c.waitMin
+		for i := 1; i < st.attempts && d < st.c.waitMax; i++ {
+			d *= 2
 		}
+		d = min(d, st.c.waitMax)
 		d = max(st.c.waitMin, d/2+rand.N(d/2+1))
 		if e.RetryAfter > d {
 			d = min(e.RetryAfter, st.c.waitMax)

@@ -1032,7 +1032,14 @@ func TestContextEnds(t *testing.T) {
 			}))
 		})
 		ctx, cancel := context.WithCancel(t.Context())
-		go func() { <-waiting; cancel() }()
+		defer cancel()
+		go func() {
+			select {
+			case <-waiting:
+				cancel()
+			case <-ctx.Done():
+			}
+		}()
 		_, err := c.VerifyUser(ctx, f.account(), "u", password, 0)
 		var e *upstream.Error
 		if !errors.Is(err, context.Canceled) || !errors.As(err, &e) || e.HTTPStatus != 503 {

@@ -178,8 +178,8 @@ func decodeSession(request string, r *Reply) (*Session, error) {
 }
 
 // endpointLists finds every endpoint list of a record: a field whose value is
-// an array of objects that each have a priority or weight and a url or
-// target. An empty array counts when its name ends in "URLs", as all of
+// an array of objects that each have a priority or weight and a non-empty url
+// or target. An empty array counts when its name ends in "URLs", as all of
 // Erply's endpoint lists do, so that "this account has none" is told apart
 // from "this reply has no such list". A list whose records cannot be read as
 // endpoints is left out rather than failing the login it came with.
@@ -234,7 +234,7 @@ func decodeEndpoint(raw json.RawMessage) (Endpoint, bool) {
 	port, errs[3] = f.int("port")
 	prio, errs[4] = f.int("priority")
 	weight, errs[5] = f.int("weight")
-	if errors.Join(errs[:]...) != nil ||
+	if errors.Join(errs[:]...) != nil || ep.URL == "" && ep.Target == "" ||
 		port < 0 || port > 65535 || prio < 0 || prio > math.MaxInt32 || weight < 0 || weight > math.MaxInt32 {
 		return Endpoint{}, false
 	}
