@@ -58,8 +58,8 @@ type Pool struct {
 	log    zerolog.Logger
 	policy refresher.Policy
 
-	ctx    context.Context // cancelled by Close; parent of every login
-	cancel context.CancelFunc
+	ctx     context.Context // cancelled by Close; parent of every login
+	cancel  context.CancelFunc
 	wg      sync.WaitGroup // background work: timers' callbacks, logins
 	closeMu sync.Mutex     // orders wg.Add against Close's wg.Wait
 	closed  atomic.Bool
@@ -92,10 +92,10 @@ type entry struct {
 	timer       clock.Timer
 	jwtTimer    clock.Timer
 	expTimer    clock.Timer // marks the session expired when it enters the margin
-	nextRefresh time.Time // when the refresh timer fires
-	failures    int       // consecutive failed logins
-	notBefore   time.Time // no on-demand login before this after a failure
-	refusedWith string    // fingerprint of the secret a refused login used
+	nextRefresh time.Time   // when the refresh timer fires
+	failures    int         // consecutive failed logins
+	notBefore   time.Time   // no on-demand login before this after a failure
+	refusedWith string      // fingerprint of the secret a refused login used
 	inflight    bool
 }
 

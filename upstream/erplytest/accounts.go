@@ -7,11 +7,12 @@ import (
 	"time"
 )
 
-// Login blocking, as Erply does it: after maxFailures consecutive wrong
-// passwords the user is refused for blockFor.
+// Login blocking, as Erply does it: after maxFailures wrong passwords within
+// failureWindow (with no success between) the user is refused for blockFor.
 const (
-	maxFailures = 5
-	blockFor    = 30 * time.Minute
+	maxFailures   = 5
+	failureWindow = 15 * time.Minute
+	blockFor      = 30 * time.Minute
 	// switchWindow is how long after expiry a key may still be a switchUser parent.
 	switchWindow = 2 * time.Hour
 )
@@ -42,8 +43,9 @@ type User struct {
 
 type userState struct {
 	User
-	failures     int
+	failures     []time.Time // recent wrong passwords, oldest first
 	blockedUntil time.Time
+	timesBlocked int
 }
 
 // blocked reports whether the user is blocked at now, ending an elapsed block.
@@ -55,8 +57,24 @@ func (u *userState) blocked(now time.Time) bool {
 		return true
 	}
 	u.blockedUntil = time.Time{}
-	u.failures = 0
+	u.failures = nil
 	return false
+}
+
+// fail records a wrong password at now and starts a block when there have
+// been maxFailures within failureWindow.
+func (u *userState) fail(now time.Time) {
+	keep := u.failures[:0]
+	for _, t := range u.failures {
+		if now.Sub(t) < failureWindow {
+			keep = append(keep, t)
+		}
+	}
+	u.failures = append(keep, now)
+	if len(u.failures) >= maxFailures {
+		u.blockedUntil = now.Add(blockFor)
+		u.timesBlocked++
+	}
 }
 
 type session struct {
@@ -229,7 +247,7 @@ func (s *Server) ChangePassword(clientCode, username, newPassword string) {
 	defer s.mu.Unlock()
 	u := s.mustUserLocked(clientCode, username)
 	u.Password = newPassword
-	u.failures, u.blockedUntil = 0, time.Time{}
+	u.failures, u.blockedUntil = nil, time.Time{}
 	s.deleteUserSessionsLocked(clientCode, username, "")
 }
 
@@ -247,7 +265,14 @@ func (s *Server) Sessions(clientCode, username string) int {
 	return n
 }
 
-// Blocked reports whether a user is currently blocked after repeated failed logins.
+// TimesBlocked counts the blocks a user has had since the account was made.
+func (s *Server) TimesBlocked(clientCode, username string) int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.mustUserLocked(clientCode, username).timesBlocked
+}
+
+// Blocked reports whether the user is blocked now.
 func (s *Server) Blocked(clientCode, username string) bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()

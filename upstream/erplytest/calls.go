@@ -96,12 +96,10 @@ func (s *Server) verifyUser(a *Account, form url.Values, now time.Time, ip strin
 		return nil, codeLoginRefused, ""
 	}
 	if password != u.Password {
-		u.failures++
-		if u.failures >= maxFailures {
-			u.blockedUntil = now.Add(blockFor)
-		}
+		u.fail(now)
 		return nil, codeLoginFailed, ""
 	}
+	u.failures = nil
 	ss := s.newSessionLocked(a.clientCode, u.Username, now, now.Add(lengthParam(form.Get("sessionLength"))))
 	return []any{s.loginRecordLocked(a, u, ss, now, form, ip)}, 0, ""
 }

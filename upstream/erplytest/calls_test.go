@@ -271,6 +271,19 @@ func TestLoginBlocking(t *testing.T) {
 	e := newEnv(t)
 	wrong := func() reply { return e.call("verifyUser", "username", e.user, "password", "wrong") }
 
+	// Failures older than the window do not count.
+	for range 4 {
+		e.wantError(wrong(), 1051, "")
+	}
+	e.clk.Advance(15 * time.Minute)
+	for range 4 {
+		e.wantError(wrong(), 1051, "")
+	}
+	if e.s.Blocked(e.cc, e.user) {
+		t.Fatal("blocked for failures spread over more than 15 minutes")
+	}
+	e.login()
+
 	// A success resets the count of consecutive failures.
 	for range 4 {
 		e.wantError(wrong(), 1051, "")
@@ -283,7 +296,7 @@ func TestLoginBlocking(t *testing.T) {
 		t.Fatal("blocked after 4 consecutive failures")
 	}
 	e.wantError(wrong(), 1051, "")
-	if !e.s.Blocked(e.cc, e.user) {
+	if !e.s.Blocked(e.cc, e.user) || e.s.TimesBlocked(e.cc, e.user) != 1 {
 		t.Fatal("not blocked after 5 consecutive failures")
 	}
 	e.wantError(e.call("verifyUser", "username", e.user, "password", e.pw), 1052, "")

@@ -99,9 +99,10 @@ type Fault struct {
 	Request string
 	// ClientCode is the account to match; "" matches every account.
 	ClientCode string
-	// Latency is real (not injected-clock) time to wait before answering. The
-	// wait ends early if the client gives up or the server is closed, and then
-	// the connection is closed without an answer. A fault with only Latency set then answers normally.
+	// Latency is real (not injected-clock) time to wait before answering. If
+	// the client gives up or the server is closed first, the connection is
+	// closed without an answer. A fault with only Latency set then answers
+	// normally.
 	Latency time.Duration
 	// Drop closes the connection without answering.
 	Drop bool
