@@ -175,7 +175,7 @@ func (p *Pool) renewJWT(e *entry, version uint64, attempt int) {
 	log := p.log.With().Str("credential", e.name).Logger()
 	if err != nil {
 		wait := p.policy.Backoff(err, attempt, p.clk.Now())
-		log.Warn().Err(err).Dur("retryIn", wait).Msg("JWT renewal failed")
+		log.Warn().Err(err).Stringer("retryIn", wait).Msg("JWT renewal failed")
 		if errors.Is(err, upstream.ErrSessionInvalid) {
 			// The session itself is gone: a login replaces it (and its JWTs).
 			p.loginInBackground(e, "JWT renewal found the session gone")

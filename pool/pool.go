@@ -350,7 +350,11 @@ func (p *Pool) Get(ctx context.Context, name string) (*Snapshot, error) {
 	if wait, blocked := p.blocked(e, now); blocked {
 		return nil, &UnavailableError{Name: name, Reason: s.LastError, RetryAfter: wait}
 	}
-	return p.login(ctx, e, s.Version, "expired")
+	why := "expiring"
+	if s.State == StateStarting {
+		why = "first login"
+	}
+	return p.login(ctx, e, s.Version, why)
 }
 
 // Invalidate is compare-and-refresh: if staleKey is still the credential's
@@ -461,9 +465,10 @@ func (p *Pool) doLogin(e *entry, why string) (*Snapshot, error) {
 		s.ClientCode = cred.ClientCode
 		s.APIURL = account(cred).URL()
 	})
+	refreshAt := p.policy.RefreshAt(start, expires)
 	log.Info().Str("key", Fingerprint(sess.SessionKey)).Time("expiresAt", expires).
-		Dur("lifetime", expires.Sub(start)).Msg("logged in")
-	p.schedule(e, start, expires)
+		Stringer("lifetime", expires.Sub(start)).Time("refreshAt", refreshAt).Msg("logged in")
+	p.armTimer(e, refreshAt)
 	p.scheduleExpiry(e, snap)
 	p.scheduleJWT(e, snap)
 	p.followers(e.name)
@@ -497,7 +502,7 @@ func (p *Pool) failed(e *entry, cred config.Credential, err error, log zerolog.L
 	if state == StateExpired {
 		ev = log.Error()
 	}
-	ev.Err(err).Int("attempt", n).Dur("retryIn", wait).Str("state", string(state)).Msg("login failed")
+	ev.Err(err).Int("attempt", n).Stringer("retryIn", wait).Str("state", string(state)).Msg("login failed")
 	next := now.Add(wait)
 	if e.refusedWithSet() && wait > SecretPoll {
 		// Look at the secret now and then: a changed one is tried at once.
@@ -547,11 +552,6 @@ func (p *Pool) scheduleExpiry(e *entry, s *Snapshot) {
 		p.publish(e, func(s *Snapshot) { s.State = StateExpired })
 		p.log.Warn().Str("credential", e.name).Str("key", Fingerprint(version)).Msg("session expired without a replacement")
 	})
-}
-
-// schedule arms the refresh timer for a session obtained at start.
-func (p *Pool) schedule(e *entry, start, expires time.Time) {
-	p.armTimer(e, p.policy.RefreshAt(start, expires))
 }
 
 func (p *Pool) armTimer(e *entry, at time.Time) {

@@ -10,6 +10,10 @@ import (
 	"golang.org/x/sys/unix"
 )
 
+// SocketName is the FileDescriptorName= of the daemon's socket in
+// erply-sessiond.socket: the name to give Pick.
+const SocketName = "sessiond"
+
 // Listeners returns the listening sockets the service manager passed to this
 // process (LISTEN_FDS, LISTEN_PID, LISTEN_FDNAMES; sd_listen_fds(3)), in
 // order, with their names: the socket unit's FileDescriptorName=, or

@@ -54,7 +54,7 @@ func activationChild() int {
 			r.LeftoverEnv = append(r.LeftoverEnv, k)
 		}
 	}
-	l, name := Pick(ls, names, "sessiond")
+	l, name := Pick(ls, names, SocketName)
 	r.Picked = name
 	r.OthersClosed = true
 	for _, o := range ls {

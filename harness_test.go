@@ -1,0 +1,225 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"go.uber.org/goleak"
+
+	"github.com/erply-sessiond/erply-sessiond/client"
+	"github.com/erply-sessiond/erply-sessiond/clock"
+	"github.com/erply-sessiond/erply-sessiond/upstream"
+	"github.com/erply-sessiond/erply-sessiond/upstream/erplytest"
+)
+
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+
+// testDaemon is the real daemon (serve) running in-process against the fake
+// Erply, on a Unix socket in a short temporary directory.
+type testDaemon struct {
+	t      *testing.T
+	clk    *clock.Fake // nil when the daemon runs on the real clock
+	fake   *erplytest.Server
+	dir    string
+	socket string
+	env    map[string]string // the environment the daemon was started with
+	code   string            // the demo account's client code
+	user   string
+	pw     string
+	pin    string
+	pwFile string
+
+	logs   *syncBuffer
+	hup    chan os.Signal
+	cancel context.CancelFunc
+	done   chan error
+	dm     *daemon
+	client *client.Client
+	http   *http.Client
+}
+
+// daemonOptions adjust a test daemon before it starts.
+type daemonOptions struct {
+	realClock bool
+	// env entries added to (or, with an empty value, removed from) the default environment.
+	env map[string]string
+	// noWait returns before the daemon is ready.
+	noWait bool
+	// upstream overrides the upstream client's retry settings.
+	upstream *upstream.Options
+}
+
+var testStart = time.Date(2026, 11, 23, 8, 0, 0, 0, time.UTC)
+
+// startDaemon starts the daemon with two credentials, "pos" (password from a
+// file) and "cashier" (pin on top of pos), and waits until it is ready.
+func startDaemon(t *testing.T, o daemonOptions) *testDaemon {
+	t.Helper()
+	dir, err := os.MkdirTemp("", "sd")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	d := &testDaemon{t: t, dir: dir, socket: filepath.Join(dir, "s.sock"), logs: &syncBuffer{}, hup: make(chan os.Signal, 1), done: make(chan error, 1)}
+	var clk clock.Clock = clock.Real{}
+	if !o.realClock {
+		d.clk = clock.NewFake(testStart)
+		clk = d.clk
+	}
+	d.fake = erplytest.New(clk)
+	t.Cleanup(d.fake.Close)
+	d.code, d.user, d.pw, d.pin = d.fake.SeedDemo()
+	d.pwFile = filepath.Join(dir, "pos.password")
+	if err := os.WriteFile(d.pwFile, []byte(d.pw+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	d.env = map[string]string{
+		"SESSIOND_LOG_LEVEL":         "debug",
+		"SESSIOND_CREDENTIALS":       "pos,cashier",
+		"SESSIOND_SOCKET":            d.socket,
+		"SESSIOND_API_URL":           d.fake.APIURL(),
+		"SESSIOND_POS_CLIENT_CODE":   d.code,
+		"SESSIOND_POS_USERNAME":      d.user,
+		"SESSIOND_POS_PASSWORD_FILE": d.pwFile,
+		"SESSIOND_CASHIER_KIND":      "pin",
+		"SESSIOND_CASHIER_PARENT":    "pos",
+		"SESSIOND_CASHIER_PIN":       d.pin,
+	}
+	for k, v := range o.env {
+		if v == "" {
+			delete(d.env, k)
+		} else {
+			d.env[k] = v
+		}
+	}
+	cfg, err := loadConfig(d.environ(), d.logs)
+	if err != nil {
+		t.Fatalf("config: %v\n%s", err, d.logs)
+	}
+	up := upstream.Options{RetryMax: 2, RetryWaitMin: time.Millisecond, RetryWaitMax: 5 * time.Millisecond, RateLimitWait: 5 * time.Millisecond}
+	if o.upstream != nil {
+		up = *o.upstream
+	}
+	up.Clock = clk
+	ready := make(chan *daemon, 1)
+	ctx, cancel := context.WithCancel(context.Background())
+	d.cancel = cancel
+	go func() {
+		d.done <- serve(ctx, cfg, deps{environ: d.environ(), logOut: d.logs, hup: d.hup, clock: clk, upstream: up,
+			ready: func(dm *daemon) { ready <- dm }})
+	}()
+	t.Cleanup(func() { d.stop() })
+	d.client = client.New(d.socket)
+	t.Cleanup(d.client.CloseIdleConnections)
+	d.http = &http.Client{Transport: &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+		var nd net.Dialer
+		return nd.DialContext(ctx, "unix", d.socket)
+	}}}
+	t.Cleanup(d.http.CloseIdleConnections)
+	if o.noWait {
+		return d
+	}
+	select {
+	case d.dm = <-ready:
+	case err := <-d.done:
+		d.done <- err
+		t.Fatalf("daemon exited before ready: %v\n%s", err, d.logs)
+	case <-time.After(20 * time.Second):
+		t.Fatalf("daemon not ready after 20s\n%s", d.logs)
+	}
+	return d
+}
+
+func (d *testDaemon) environ() []string {
+	out := make([]string, 0, len(d.env))
+	for k, v := range d.env {
+		out = append(out, k+"="+v)
+	}
+	return out
+}
+
+// stop cancels the daemon (as SIGTERM does) and returns serve's result.
+func (d *testDaemon) stop() error {
+	d.cancel()
+	select {
+	case err := <-d.done:
+		d.done <- err
+		return err
+	case <-time.After(15 * time.Second):
+		d.t.Fatalf("daemon did not stop within 15s\n%s", d.logs)
+		return nil
+	}
+}
+
+// do sends a request over the socket and returns status, headers and body.
+func (d *testDaemon) do(method, path string, body io.Reader, hdr ...string) (int, http.Header, string) {
+	d.t.Helper()
+	req, err := http.NewRequest(method, "http://sessiond"+path, body)
+	if err != nil {
+		d.t.Fatal(err)
+	}
+	if body != nil {
+		req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
+	}
+	for i := 0; i+1 < len(hdr); i += 2 {
+		req.Header.Set(hdr[i], hdr[i+1])
+	}
+	resp, err := d.http.Do(req)
+	if err != nil {
+		d.t.Fatalf("%s %s: %v", method, path, err)
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if err != nil {
+		d.t.Fatal(err)
+	}
+	return resp.StatusCode, resp.Header, string(b)
+}
+
+func (d *testDaemon) get(path string) (int, string) {
+	d.t.Helper()
+	code, _, body := d.do(http.MethodGet, path, nil)
+	return code, body
+}
+
+func (d *testDaemon) post(path, form string) (int, http.Header, string) {
+	d.t.Helper()
+	return d.do(http.MethodPost, path, strings.NewReader(form))
+}
+
+// key returns the current key of a credential through the socket.
+func (d *testDaemon) key(name string) string {
+	d.t.Helper()
+	k, err := d.client.Key(context.Background(), name)
+	if err != nil {
+		d.t.Fatalf("key %s: %v\n%s", name, err, d.logs)
+	}
+	return k
+}
+
+// syncBuffer is a bytes.Buffer safe for the daemon's concurrent log writes.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}

@@ -1,0 +1,90 @@
+// Command erply-sessiond logs in to the Erply API once per configured credential, keeps the sessions alive, and serves them to local processes over a Unix socket.
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"syscall"
+)
+
+// version is stamped at build time: -ldflags "-X main.version=…".
+var version = "dev"
+
+func main() {
+	if err := run(context.Background(), os.Args[1:], os.Stdout, os.Stderr); err != nil {
+		var ee exitError
+		if errors.As(err, &ee) {
+			if ee.err != nil {
+				fmt.Fprintln(os.Stderr, "erply-sessiond:", ee.err)
+			}
+			os.Exit(ee.code)
+		}
+		fmt.Fprintln(os.Stderr, "erply-sessiond:", err)
+		os.Exit(1)
+	}
+}
+
+// exitError carries the exit status for errors that need one other than 1
+// (or that were already reported: err nil).
+type exitError struct {
+	code int
+	err  error
+}
+
+func (e exitError) Error() string {
+	if e.err == nil {
+		return fmt.Sprintf("exit status %d", e.code)
+	}
+	return e.err.Error()
+}
+
+func (e exitError) Unwrap() error { return e.err }
+
+// run is the whole program: it owns the signals and reads the environment once.
+func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	ctx, stop := signal.NotifyContext(ctx, syscall.SIGTERM, os.Interrupt)
+	defer stop()
+	return runEnv(ctx, args, os.Environ(), stdout, stderr)
+}
+
+const usage = `erply-sessiond keeps Erply API sessions alive and serves them on a Unix socket.
+
+Usage:
+  erply-sessiond                 run the daemon (configured by SESSIOND_* variables)
+  erply-sessiond demo            run against an embedded fake Erply, on ./sessiond.sock
+  erply-sessiond get NAME [WHAT] print a credential's key, jwt, identity-token or json
+  erply-sessiond check-config    validate the configuration and print a summary
+  erply-sessiond version         print the version
+
+Run "erply-sessiond COMMAND -h" for a command's flags and variables.
+`
+
+// runEnv dispatches the subcommands with an explicit environment (tests pass their own).
+func runEnv(ctx context.Context, args, environ []string, stdout, stderr io.Writer) error {
+	cmd := ""
+	if len(args) > 0 {
+		cmd, args = args[0], args[1:]
+	}
+	switch cmd {
+	case "", "serve", "run":
+		return serveCommand(ctx, args, environ, stdout, stderr)
+	case "demo":
+		return demoCommand(ctx, args, environ, stdout, stderr)
+	case "get":
+		return getCommand(ctx, args, environ, stdout, stderr)
+	case "check-config":
+		return checkConfigCommand(args, environ, stdout, stderr)
+	case "version", "-version", "--version":
+		fmt.Fprintf(stdout, "erply-sessiond %s\n", version)
+		return nil
+	case "help", "-h", "-help", "--help":
+		fmt.Fprint(stdout, usage)
+		return nil
+	}
+	fmt.Fprint(stderr, usage)
+	return exitError{code: 2, err: fmt.Errorf("unknown command %q", cmd)}
+}
