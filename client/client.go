@@ -143,6 +143,27 @@ func (c *Client) MarkDown(ctx context.Context, name, list, address string) error
 	return c.do(req, nil)
 }
 
+// Call runs one Erply API call through the daemon's proxy for the
+// credential: params is an ordinary Erply form without clientCode and
+// sessionKey (the daemon adds them, and re-sends once with a fresh key if
+// Erply answers 1054/1055). It returns Erply's reply bytes unchanged; an
+// Erply error inside the reply (responseStatus "error") is not a Go error
+// here — decode the status yourself. Errors are the daemon's own refusals
+// (*Error: unknown credential, no valid session, paused for Erply's limits)
+// or transport failures.
+func (c *Client) Call(ctx context.Context, name string, params url.Values) ([]byte, error) {
+	req, err := c.request(ctx, http.MethodPost, "/v1/sessions/"+url.PathEscape(name)+"/api", strings.NewReader(params.Encode()))
+	if err != nil {
+		return nil, err
+	}
+	req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
+	var b []byte
+	if err := c.do(req, &b); err != nil {
+		return nil, err
+	}
+	return b, nil
+}
+
 // Health returns nil while the daemon serves.
 func (c *Client) Health(ctx context.Context) error {
 	_, err := c.text(ctx, http.MethodGet, "/healthz", nil)
@@ -198,12 +219,12 @@ func (c *Client) text(ctx context.Context, method, path string, body io.Reader) 
 func (c *Client) do(req *http.Request, v any) error {
 	resp, err := c.http.Do(req)
 	if err != nil {
-		return fmt.Errorf("erply-sessiond: %w", err)
+		return fmt.Errorf("sessiond client: %w", err)
 	}
 	defer resp.Body.Close()
-	b, err := io.ReadAll(io.LimitReader(resp.Body, 4<<20))
+	b, err := io.ReadAll(io.LimitReader(resp.Body, 32<<20))
 	if err != nil {
-		return fmt.Errorf("erply-sessiond: reading answer: %w", err)
+		return fmt.Errorf("sessiond client: reading answer: %w", err)
 	}
 	if resp.StatusCode/100 != 2 {
 		return decodeError(resp, b)
@@ -216,7 +237,7 @@ func (c *Client) do(req *http.Request, v any) error {
 		return nil
 	default:
 		if err := json.Unmarshal(b, v); err != nil {
-			return fmt.Errorf("erply-sessiond: decoding answer: %w", err)
+			return fmt.Errorf("sessiond client: decoding answer: %w", err)
 		}
 		return nil
 	}
