@@ -2,6 +2,7 @@ package localapi
 
 import (
 	"net/http"
+	"strings"
 	"sync"
 
 	"github.com/prometheus/client_golang/prometheus/promhttp"
@@ -75,7 +76,12 @@ func (rt *route) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 func (s *Server) serveHTTP(w http.ResponseWriter, r *http.Request) {
 	start := s.clk.Now()
 	if r.Body != nil && r.Body != http.NoBody {
-		r.Body = http.MaxBytesReader(w, r.Body, MaxBodyBytes)
+		limit := int64(MaxBodyBytes)
+		if s.proxy != nil && r.Method == http.MethodPost && strings.HasSuffix(r.URL.Path, "/api") {
+			// Erply calls can carry bulk data: the proxy enforces its own limit.
+			limit = MaxProxyBodyBytes
+		}
+		r.Body = http.MaxBytesReader(w, r.Body, limit)
 	}
 	rec := recorders.Get().(*recorder)
 	rec.ResponseWriter = w

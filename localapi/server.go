@@ -51,6 +51,9 @@ type ReloadStatus struct {
 const (
 	// MaxBodyBytes is the largest request body accepted (413 body_too_large beyond it).
 	MaxBodyBytes = 64 << 10
+	// MaxProxyBodyBytes is the outer limit on bodies of the proxy route; the
+	// proxy applies its own (smaller or equal) limit inside it.
+	MaxProxyBodyBytes = 1 << 20
 	// MaxHeaderBytes caps the request line and headers.
 	MaxHeaderBytes = 16 << 10
 	// LoginWait bounds how long a request waits for a login in flight.

@@ -477,6 +477,11 @@ func (p *Pool) doLogin(e *entry, why string) (*Snapshot, error) {
 
 // failed records a failed login and arms the retry.
 func (p *Pool) failed(e *entry, cred config.Credential, err error, log zerolog.Logger) error {
+	if p.ctx.Err() != nil {
+		// Shutting down: the login was cancelled, not refused.
+		log.Debug().Err(err).Msg("login cancelled by shutdown")
+		return &UnavailableError{Name: e.name, Reason: errors.New("daemon is shutting down")}
+	}
 	now := p.clk.Now()
 	e.mu.Lock()
 	e.failures++
