@@ -281,8 +281,9 @@ func (s *Server) Serve(l net.Listener, tcp bool) error {
 		Handler:           s.handler,
 		ReadHeaderTimeout: 5 * time.Second,
 		ReadTimeout:       30 * time.Second,
-		// The proxy and invalidate may wait up to LoginWait for a login.
-		WriteTimeout:   60 * time.Second,
+		// Invalidate may wait up to LoginWait for a login; the proxy may then
+		// wait for Erply's answer too (its own request timeout is 90 s).
+		WriteTimeout:   150 * time.Second,
 		IdleTimeout:    120 * time.Second,
 		MaxHeaderBytes: MaxHeaderBytes,
 		ErrorLog:       log.New(httpLogWriter{s.log}, "", 0),
