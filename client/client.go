@@ -253,7 +253,12 @@ func decodeError(resp *http.Response, b []byte) error {
 	if json.Unmarshal(b, &body) == nil && body.Error != "" {
 		e.Code, e.Message, e.ErplyCode = body.Error, body.Message, body.ErplyCode
 	} else {
-		e.Code = strings.ReplaceAll(strings.ToLower(http.StatusText(resp.StatusCode)), " ", "_")
+		// A text route: the code is in a header, the body is "error: message".
+		e.Code = resp.Header.Get("X-Sessiond-Error")
+		if e.Code == "" {
+			e.Code = strings.ReplaceAll(strings.ToLower(http.StatusText(resp.StatusCode)), " ", "_")
+		}
+		e.ErplyCode, _ = strconv.Atoi(resp.Header.Get("X-Sessiond-Erply-Code"))
 		e.Message = strings.TrimSpace(strings.TrimPrefix(string(b), "error: "))
 	}
 	if s, err := strconv.Atoi(resp.Header.Get("Retry-After")); err == nil {

@@ -100,6 +100,13 @@ func retryAfterSeconds(d time.Duration) string {
 	return strconv.FormatInt(max(secs, 1), 10)
 }
 
+// Headers that carry an error's stable code and Erply code on text routes,
+// whose body is only "error: message".
+const (
+	ErrorCodeHeader = "X-Sessiond-Error"
+	ErplyCodeHeader = "X-Sessiond-Erply-Code"
+)
+
 type errorBody struct {
 	Error     string `json:"error"`
 	Message   string `json:"message"`
@@ -116,6 +123,11 @@ func writeError(w http.ResponseWriter, err error, text bool) {
 		h.Set("Retry-After", retryAfterSeconds(e.retryAfter))
 	}
 	if text {
+		// The stable code travels in a header, so text clients can act on it.
+		h.Set(ErrorCodeHeader, e.code)
+		if e.erplyCode != 0 {
+			h.Set(ErplyCodeHeader, strconv.Itoa(e.erplyCode))
+		}
 		h["Content-Type"] = textPlain
 		w.WriteHeader(e.status)
 		_, _ = w.Write([]byte("error: " + e.message + "\n"))
