@@ -126,6 +126,9 @@ type daemon struct {
 	sinks    *sink.Writer
 	notifier *sdnotify.Notifier
 	socket   string // the socket path, "" when inherited from systemd
+	// httpAddr is the address the TCP listener bound ("" without HTTP_ADDR):
+	// with port 0 in HTTP_ADDR only this says which port was chosen.
+	httpAddr string
 
 	reloadMu   sync.Mutex
 	lastReload *localapi.ReloadStatus
@@ -199,6 +202,7 @@ func serve(ctx context.Context, cfg *config.Config, d deps) error {
 			dm.api.Shutdown(context.Background())
 			return fmt.Errorf("%s: %w", config.VarHTTPAddr, err)
 		}
+		dm.httpAddr = tcpL.Addr().String()
 	}
 
 	g, gctx := errgroup.WithContext(ctx)
@@ -206,7 +210,7 @@ func serve(ctx context.Context, cfg *config.Config, d deps) error {
 	if tcpL != nil {
 		g.Go(func() error { return serveErr(dm.api.Serve(tcpL, true)) })
 	}
-	log.Info().Str("version", version).Str("socket", unixL.Addr().String()).Str("httpAddr", cfg.HTTPAddr).
+	log.Info().Str("version", version).Str("socket", unixL.Addr().String()).Str("httpAddr", dm.httpAddr).
 		Int("credentials", len(cfg.Credentials)).Msg("serving")
 
 	g.Go(func() error {

@@ -21,7 +21,11 @@ import (
 	"github.com/erply-sessiond/erply-sessiond/upstream/erplytest"
 )
 
-func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+func TestMain(m *testing.M) {
+	// goleak.Cleanup replaces os.Exit: exit after removing the binary the
+	// process tests built.
+	goleak.VerifyTestMain(m, goleak.Cleanup(func(code int) { removeBuiltBinary(); os.Exit(code) }))
+}
 
 // testDaemon is the real daemon (serve) running in-process against the fake
 // Erply, on a Unix socket in a short temporary directory.
@@ -56,6 +60,14 @@ type daemonOptions struct {
 	noWait bool
 	// upstream overrides the upstream client's retry settings.
 	upstream *upstream.Options
+	// setup, when set, runs after the fake is seeded and d.env is built (env
+	// applied) and before the configuration is loaded: it may add users to
+	// d.fake, write files in d.dir and change d.env.
+	setup func(d *testDaemon)
+	// wrapClock, when set, wraps the fake clock for the fake Erply and the
+	// daemon (not d.clk, which stays the bare fake), e.g. to move the wall
+	// clock without firing timers, as a suspended host sees it.
+	wrapClock func(*clock.Fake) clock.Clock
 }
 
 var testStart = time.Date(2026, 11, 23, 8, 0, 0, 0, time.UTC)
@@ -74,6 +86,9 @@ func startDaemon(t *testing.T, o daemonOptions) *testDaemon {
 	if !o.realClock {
 		d.clk = clock.NewFake(testStart)
 		clk = d.clk
+		if o.wrapClock != nil {
+			clk = o.wrapClock(d.clk)
+		}
 	}
 	d.fake = erplytest.New(clk)
 	t.Cleanup(d.fake.Close)
@@ -100,6 +115,9 @@ func startDaemon(t *testing.T, o daemonOptions) *testDaemon {
 		} else {
 			d.env[k] = v
 		}
+	}
+	if o.setup != nil {
+		o.setup(d)
 	}
 	cfg, err := loadConfig(d.environ(), d.logs)
 	if err != nil {
