@@ -264,11 +264,14 @@ func (p *Pool) loginInBackground(e *entry, why string) {
 	if !p.track() {
 		return
 	}
+	// The version is read now: if a caller's own login lands before this
+	// goroutine runs, the flight sees the change and does not log in again.
+	version := e.snap.Load().Version
 	p.bg.Add(1)
 	go func() {
 		defer p.wg.Done()
 		defer p.bg.Done()
-		_, _ = p.login(p.ctx, e, e.snap.Load().Version, why)
+		_, _ = p.login(p.ctx, e, version, why)
 	}()
 }
 
