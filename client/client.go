@@ -82,7 +82,9 @@ func (e *Error) Error() string {
 var ErrUnavailable = errors.New("no valid session")
 
 // Is makes errors.Is(err, ErrUnavailable) true for 503 answers.
-func (e *Error) Is(target error) bool { return target == ErrUnavailable && e.Status == http.StatusServiceUnavailable }
+func (e *Error) Is(target error) bool {
+	return target == ErrUnavailable && e.Status == http.StatusServiceUnavailable
+}
 
 // Session returns the credential's current session (JSON route).
 func (c *Client) Session(ctx context.Context, name string) (*Session, error) {

@@ -163,7 +163,7 @@ func snapshot(name, key string, expires time.Time, version uint64) *pool.Snapsho
 
 // harness is a Server on a real Unix socket in a short temporary directory.
 type harness struct {
-	t      *testing.T
+	t      testing.TB
 	fake   *fakeSessions
 	clk    *clock.Fake
 	reg    *prometheus.Registry
@@ -180,7 +180,7 @@ type setup struct {
 	log  io.Writer // debug log destination; the test log when nil
 }
 
-func shortDir(t *testing.T) string {
+func shortDir(t testing.TB) string {
 	t.Helper()
 	dir, err := os.MkdirTemp("", "sd")
 	if err != nil {
@@ -190,7 +190,7 @@ func shortDir(t *testing.T) string {
 	return dir
 }
 
-func start(t *testing.T, fake *fakeSessions, su setup) *harness {
+func start(t testing.TB, fake *fakeSessions, su setup) *harness {
 	t.Helper()
 	h := &harness{t: t, fake: fake, clk: clock.NewFake(t0), reg: prometheus.NewRegistry(), dir: shortDir(t)}
 	h.sock = filepath.Join(h.dir, "s.sock")

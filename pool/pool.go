@@ -372,7 +372,55 @@ func (p *Pool) Invalidate(ctx context.Context, name, staleKey string) (*Snapshot
 	if wait, blocked := p.blocked(e, p.clk.Now()); blocked {
 		return nil, &UnavailableError{Name: name, Reason: s.LastError, RetryAfter: wait}
 	}
-	return p.login(ctx, e, s.Version, "invalidated")
+	snap, err := p.login(ctx, e, s.Version, "invalidated")
+	if err != nil {
+		p.dropIfDead(ctx, e, staleKey)
+	}
+	return snap, err
+}
+
+// dropIfDead is called when a caller reported staleKey, the current key, and
+// the login that should have replaced it failed. It asks Erply about the key
+// (once, however many callers wait on that login) and, if Erply says it is
+// expired or unknown (as after a password change), stops serving it: the
+// credential becomes expired and callers get 503 with the login's error
+// instead of a key that cannot work. Any other answer keeps the key: a
+// report alone does not kill a key Erply may still accept.
+func (p *Pool) dropIfDead(ctx context.Context, e *entry, staleKey string) {
+	s := e.snap.Load()
+	if s.Session == nil || s.Session.SessionKey != staleKey || !s.Valid(p.clk.Now(), p.margin(s)) {
+		return
+	}
+	ch := e.sf.DoChan("verify", func() (any, error) {
+		if !p.track() {
+			return nil, nil
+		}
+		defer p.wg.Done()
+		// Like a login, the check outlives a caller who gives up; Close ends it.
+		vctx, cancel := context.WithTimeout(p.ctx, p.opts.LoginTimeout)
+		defer cancel()
+		acct := upstream.Account{ClientCode: s.ClientCode, APIURL: s.APIURL}
+		_, err := p.opts.Upstream.GetSessionKeyInfo(vctx, acct, staleKey)
+		if cur := e.snap.Load(); !errors.Is(err, upstream.ErrSessionInvalid) || cur.Session == nil || cur.Session.SessionKey != staleKey {
+			return nil, nil
+		}
+		now := p.clk.Now()
+		dropped := false
+		p.publish(e, func(n *Snapshot) {
+			if n.Session != nil && n.Session.SessionKey == staleKey {
+				n.ExpiresAt, n.State, dropped = now, StateExpired, true
+			}
+		})
+		if dropped {
+			p.log.Warn().Str("credential", e.name).Str("key", Fingerprint(staleKey)).
+				Msg("Erply confirms the reported key is gone and no new one could be had: not serving it")
+		}
+		return nil, nil
+	})
+	select {
+	case <-ch:
+	case <-ctx.Done():
+	}
 }
 
 // blocked reports whether an on-demand login must wait for the backoff.

@@ -1,0 +1,588 @@
+package main
+
+import (
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"net/url"
+	"os"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/erply-sessiond/erply-sessiond/clock"
+	"github.com/erply-sessiond/erply-sessiond/internal/faultproxy"
+	"github.com/erply-sessiond/erply-sessiond/pool"
+	"github.com/erply-sessiond/erply-sessiond/upstream"
+	"github.com/erply-sessiond/erply-sessiond/upstream/erplytest"
+)
+
+// The retry schedule the daemon promises (DESIGN.md, "Keeping sessions
+// alive"), written out here rather than read from package refresher so that
+// a change of the constants fails these tests.
+const (
+	transientMin = 2 * time.Second // doubling, with equal jitter: a wait is at least half the step
+	transientMax = 5 * time.Minute
+	refusedMin   = time.Minute // doubling, no jitter below the step
+	refusedMax   = 30 * time.Minute
+	rateLimitMin = 10 * time.Second
+	quotaJitter  = 5 * time.Second
+	faultLength  = time.Hour // the session length the fault tests use
+	faultMargin  = time.Minute
+	faultStep    = 10 * time.Second // how far the clock moves between two reads
+	// attemptTimeout bounds one upstream HTTP attempt, so a half-open
+	// connection costs a quarter second of real time, not thirty.
+	attemptTimeout = 250 * time.Millisecond
+)
+
+// doubling is lo, doubled n-1 times, capped at hi.
+func doubling(lo, hi time.Duration, n int) time.Duration {
+	d := lo
+	for i := 1; i < n && d < hi; i++ {
+		d *= 2
+	}
+	return min(d, hi)
+}
+
+func nextHour(t time.Time) time.Time { return t.Truncate(time.Hour).Add(time.Hour) }
+
+// schedule is the part of the backoff promise a fault exercises.
+type schedule struct {
+	name string
+	// minGap is the least time from the n-th consecutive failed login
+	// (n from 1), made at at, to the next attempt.
+	minGap func(n int, at time.Time) time.Duration
+	// maxWait bounds any single wait, and so a 503's Retry-After and the
+	// time from the fault's end to the next (successful) attempt.
+	maxWait func(at time.Time) time.Duration
+}
+
+var (
+	transient = schedule{
+		name:    "transient: 2s doubling to 5min, equal jitter",
+		minGap:  func(n int, _ time.Time) time.Duration { return doubling(transientMin, transientMax, n) / 2 },
+		maxWait: func(time.Time) time.Duration { return transientMax },
+	}
+	quota = schedule{
+		name:    "1002: until the next hour",
+		minGap:  func(_ int, at time.Time) time.Duration { return nextHour(at).Sub(at) },
+		maxWait: func(at time.Time) time.Duration { return nextHour(at).Sub(at) + quotaJitter },
+	}
+	refused = schedule{
+		name:    "refused: 1min doubling to 30min",
+		minGap:  func(n int, _ time.Time) time.Duration { return doubling(refusedMin, refusedMax, n) },
+		maxWait: func(time.Time) time.Duration { return refusedMax },
+	}
+)
+
+// rateLimited is the 429 schedule: at least 10 s, or Erply's Retry-After
+// when longer, plus up to half again of jitter.
+func rateLimited(retryAfter time.Duration) schedule {
+	d := max(rateLimitMin, retryAfter)
+	return schedule{
+		name:    fmt.Sprintf("429: at least %v", d),
+		minGap:  func(int, time.Time) time.Duration { return d },
+		maxWait: func(time.Time) time.Duration { return d + d/2 },
+	}
+}
+
+// maxAttempts is the most login attempts the schedule allows in [from, to]
+// when every one fails: each made as early as the schedule permits.
+func (s schedule) maxAttempts(from, to time.Time) int {
+	n := 0
+	for at := from; !at.After(to); {
+		n++
+		at = at.Add(s.minGap(n, at))
+	}
+	return n
+}
+
+// faultEnv is the daemon with the one credential pos (1-hour sessions)
+// talking to the fake Erply through a fault proxy, with upstream retries
+// off (one HTTP request per login) and a short per-attempt timeout.
+type faultEnv struct {
+	*testDaemon
+	proxy *faultproxy.Proxy
+
+	mu       sync.Mutex
+	attempts []time.Time // fake-clock times of the logins (verifyUser) the proxy saw
+	// requested gets a value (if it has room) at each login the proxy reads.
+	requested chan struct{}
+}
+
+func startFaultDaemon(t *testing.T, env map[string]string) *faultEnv {
+	t.Helper()
+	e := &faultEnv{requested: make(chan struct{}, 1)}
+	vars := map[string]string{
+		"SESSIOND_CREDENTIALS":        "pos",
+		"SESSIOND_CASHIER_KIND":       "",
+		"SESSIOND_CASHIER_PARENT":     "",
+		"SESSIOND_CASHIER_PIN":        "",
+		"SESSIOND_POS_SESSION_LENGTH": strconv.Itoa(int(faultLength / time.Second)),
+		"SESSIOND_LOG_LEVEL":          "info",
+	}
+	for k, v := range env {
+		vars[k] = v
+	}
+	tr := &http.Transport{}
+	t.Cleanup(tr.CloseIdleConnections)
+	e.testDaemon = startDaemon(t, daemonOptions{
+		env: vars,
+		upstream: &upstream.Options{
+			RetryMax:   -1,
+			HTTPClient: &http.Client{Transport: tr, Timeout: attemptTimeout},
+		},
+		setup: func(d *testDaemon) {
+			// JWTs outlive the sessions: the only upstream calls are logins.
+			d.fake.SetJWTLifetime(2 * faultLength)
+			p, err := faultproxy.New(d.fake.URL(), faultproxy.Options{
+				OnRequest: func(r faultproxy.Request) {
+					form, _ := url.ParseQuery(string(r.Body))
+					if form.Get("request") != "verifyUser" {
+						return // only logins count against the schedule
+					}
+					e.mu.Lock()
+					e.attempts = append(e.attempts, d.clk.Now())
+					e.mu.Unlock()
+					select {
+					case e.requested <- struct{}{}:
+					default:
+					}
+				},
+			})
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { p.Close() })
+			e.proxy = p
+			d.env["SESSIOND_API_URL"] = p.URL() + "/{clientCode}/api/"
+		},
+	})
+	return e
+}
+
+// attemptsSince returns the upstream requests made from index i on.
+func (e *faultEnv) attemptsSince(i int) []time.Time {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return append([]time.Time(nil), e.attempts[min(i, len(e.attempts)):]...)
+}
+
+func (e *faultEnv) attemptCount() int {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return len(e.attempts)
+}
+
+// served is one read of GET /v1/sessions/pos.
+type served struct {
+	status     int
+	key        string
+	expiresAt  time.Time
+	retryAfter time.Duration
+	body       string
+}
+
+// read fetches the session and checks what holds for every answer: a 200
+// carries a key the fake says is live, with at least the margin left by
+// the daemon's account; anything else is a 503 no_valid_session with a
+// Retry-After of at least a second.
+func (e *faultEnv) read(t *testing.T) served {
+	t.Helper()
+	code, hdr, body := e.do(http.MethodGet, "/v1/sessions/pos", nil)
+	return e.judge(t, code, hdr, body)
+}
+
+func (e *faultEnv) judge(t *testing.T, code int, hdr http.Header, body string) served {
+	t.Helper()
+	now := e.clk.Now()
+	r := served{status: code, body: body}
+	switch code {
+	case http.StatusOK:
+		var s struct {
+			SessionKey string    `json:"sessionKey"`
+			ExpiresAt  time.Time `json:"expiresAt"`
+			ExpiresIn  int64     `json:"expiresIn"`
+		}
+		if err := json.Unmarshal([]byte(body), &s); err != nil || s.SessionKey == "" {
+			t.Fatalf("at %v: unreadable session %q: %v", now, body, err)
+		}
+		if !e.fake.SessionValid(s.SessionKey) {
+			t.Fatalf("at %v: served key %s which the fake says is expired or deleted", now, pool.Fingerprint(s.SessionKey))
+		}
+		if s.ExpiresIn < int64(faultMargin/time.Second) || !now.Add(faultMargin).Before(s.ExpiresAt) {
+			t.Fatalf("at %v: served a key expiring at %v (expiresIn %d): inside the %v margin", now, s.ExpiresAt, s.ExpiresIn, faultMargin)
+		}
+		r.key, r.expiresAt = s.SessionKey, s.ExpiresAt
+	case http.StatusServiceUnavailable:
+		var eb struct {
+			Error string `json:"error"`
+		}
+		if err := json.Unmarshal([]byte(body), &eb); err != nil || eb.Error != "no_valid_session" {
+			t.Fatalf("at %v: 503 body %q", now, body)
+		}
+		secs, err := strconv.Atoi(hdr.Get("Retry-After"))
+		if err != nil || secs < 1 {
+			t.Fatalf("at %v: 503 with Retry-After %q", now, hdr.Get("Retry-After"))
+		}
+		r.retryAfter = time.Duration(secs) * time.Second
+	default:
+		t.Fatalf("at %v: status %d: %s", now, code, body)
+	}
+	return r
+}
+
+// outage runs one fault from 08:00 (just after the first login) for
+// faultFor, reading the key every faultStep, then clears it and reads on
+// until a key is served again. It checks that keys are served while the
+// held one lasts and 503s come only after, that the login attempts keep
+// to the schedule (each gap and the total), and that the daemon recovers
+// within one capped wait, with a single login.
+func (e *faultEnv) outage(t *testing.T, s schedule, faultFor time.Duration, on, off func()) {
+	t.Helper()
+	first := e.read(t)
+	if first.status != http.StatusOK {
+		t.Fatalf("no key before the fault: %s", first.body)
+	}
+	held := first.expiresAt
+	mark := e.attemptCount()
+	on()
+	start := e.clk.Now()
+	end := start.Add(faultFor)
+	var keys, unavailable int
+	for e.clk.Now().Before(end) {
+		e.clk.Advance(faultStep)
+		now := e.clk.Now()
+		r := e.read(t)
+		switch r.status {
+		case http.StatusOK:
+			keys++
+			held = r.expiresAt
+		case http.StatusServiceUnavailable:
+			unavailable++
+			if now.Add(faultMargin).Before(held) {
+				t.Fatalf("at %v: 503 while the session held (expiring %v) was still good", now, held)
+			}
+			if limit := s.maxWait(now) + time.Second; r.retryAfter > limit {
+				t.Fatalf("at %v: Retry-After %v, more than the schedule's %v", now, r.retryAfter, limit)
+			}
+		}
+	}
+	if keys == 0 || unavailable == 0 {
+		t.Fatalf("%d keys and %d 503s during the fault; want both (the fault outlasts the session)", keys, unavailable)
+	}
+	attempts := e.attemptsSince(mark)
+	if len(attempts) < 2 {
+		t.Fatalf("%d login attempts during the fault, want the daemon to keep trying", len(attempts))
+	}
+	for i := 1; i < len(attempts); i++ {
+		gap, want := attempts[i].Sub(attempts[i-1]), s.minGap(i, attempts[i-1])
+		if gap < want {
+			t.Fatalf("attempt %d came %v after attempt %d (at %v); the schedule (%s) wants at least %v",
+				i+1, gap, i, attempts[i-1].Format(time.TimeOnly), s.name, want)
+		}
+	}
+	if allowed := s.maxAttempts(start, end); len(attempts) > allowed {
+		t.Fatalf("%d login attempts in %v; the schedule (%s) allows at most %d", len(attempts), faultFor, s.name, allowed)
+	}
+
+	off()
+	offAt := e.clk.Now()
+	mark = e.attemptCount()
+	deadline := offAt.Add(s.maxWait(attempts[len(attempts)-1]) + faultStep)
+	for {
+		e.clk.Advance(faultStep)
+		if r := e.read(t); r.status == http.StatusOK {
+			break
+		}
+		if e.clk.Now().After(deadline) {
+			t.Fatalf("no key %v after the fault cleared", e.clk.Now().Sub(offAt))
+		}
+	}
+	if n := len(e.attemptsSince(mark)); n != 1 {
+		t.Fatalf("%d upstream requests to recover, want 1", n)
+	}
+	t.Logf("%s: %d attempts in %v (schedule allows %d); %d keys served, %d 503s; recovered %v after the fault cleared",
+		s.name, len(attempts), faultFor, s.maxAttempts(start, end), keys, unavailable, e.clk.Now().Sub(offAt))
+}
+
+// TestFaultOutages runs each network fault (through the proxy) and each
+// Erply fault (from the fake) for 75 simulated minutes, past the session's
+// expiry, then clears it.
+func TestFaultOutages(t *testing.T) {
+	const faultFor = 75 * time.Minute
+	verifyUser := func(f erplytest.Fault) erplytest.Fault { f.Request = "verifyUser"; return f }
+	type tc struct {
+		name  string
+		sched schedule
+		fault func(e *faultEnv) (on, off func())
+	}
+	var cases []tc
+	for _, m := range faultproxy.Modes() {
+		cases = append(cases, tc{"proxy/" + m.String(), transient, func(e *faultEnv) (func(), func()) {
+			return func() { e.proxy.SetMode(m) }, func() { e.proxy.SetMode(faultproxy.Pass) }
+		}})
+	}
+	for _, f := range []struct {
+		name  string
+		sched schedule
+		fault erplytest.Fault
+	}{
+		{"erply/1000-maintenance", transient, verifyUser(erplytest.Fault{ErplyCode: upstream.CodeMaintenance})},
+		{"erply/1002-quota", quota, verifyUser(erplytest.Fault{ErplyCode: upstream.CodeQuotaExceeded})},
+		{"http/429-storm", rateLimited(0), verifyUser(erplytest.Fault{HTTPStatus: http.StatusTooManyRequests})},
+		{"http/429-retry-after-25s", rateLimited(25 * time.Second), verifyUser(erplytest.Fault{HTTPStatus: http.StatusTooManyRequests, RetryAfter: 25 * time.Second})},
+		{"http/500", transient, verifyUser(erplytest.Fault{HTTPStatus: http.StatusInternalServerError})},
+		{"http/503", transient, verifyUser(erplytest.Fault{HTTPStatus: http.StatusServiceUnavailable})},
+		{"http/drop", transient, verifyUser(erplytest.Fault{Drop: true})},
+	} {
+		cases = append(cases, tc{f.name, f.sched, func(e *faultEnv) (func(), func()) {
+			return func() { e.fake.Inject(f.fault) }, e.fake.ClearFaults
+		}})
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			e := startFaultDaemon(t, nil)
+			on, off := c.fault(e)
+			e.outage(t, c.sched, faultFor, on, off)
+		})
+	}
+}
+
+// TestFaultHalfOpenDoesNotBlockReaders: while a refresh hangs on a
+// connection that never answers, readers keep getting the current key at
+// once, and the hung login ends with the attempt timeout.
+func TestFaultHalfOpenDoesNotBlockReaders(t *testing.T) {
+	e := startFaultDaemon(t, nil)
+	k0 := e.read(t).key
+	e.proxy.SetMode(faultproxy.HalfOpen)
+	advanced := make(chan struct{})
+	go func() {
+		defer close(advanced)
+		// Past the latest refresh point (0.72 of the hour): the refresh
+		// timer fires inside Advance and its login hangs.
+		e.clk.Advance(44 * time.Minute)
+	}()
+	select {
+	case <-e.requested:
+	case <-advanced:
+		t.Fatal("the refresh never reached the proxy")
+	}
+	// The read races the hung login; it must not wait for it.
+	r := e.read(t)
+	select {
+	case <-advanced:
+		t.Log("the hung login ended before the read was answered (slow machine); the read still got a key")
+	default:
+	}
+	if r.status != http.StatusOK || r.key != k0 {
+		t.Fatalf("during a hung refresh: %d %s, want the current key", r.status, r.body)
+	}
+	select {
+	case <-advanced:
+	case <-time.After(20 * time.Second):
+		t.Fatal("the daemon hangs on a half-open connection")
+	}
+	if !strings.Contains(e.logs.String(), "login failed") {
+		t.Fatalf("no failed login logged after the hang:\n%s", e.logs)
+	}
+}
+
+// TestFaultPasswordChangedUpstream: an administrator changes the user's
+// password, which deletes its sessions; a caller that got 1054 reports the key.
+func TestFaultPasswordChangedUpstream(t *testing.T) {
+	t.Run("file rewritten", func(t *testing.T) {
+		e := startFaultDaemon(t, nil)
+		k0 := e.read(t).key
+		e.fake.ChangePassword(e.code, e.user, "rotated-password-1")
+		if e.fake.SessionValid(k0) {
+			t.Fatal("the password change left the session alive")
+		}
+		if err := os.WriteFile(e.pwFile, []byte("rotated-password-1\n"), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		mark := e.attemptCount()
+		code, hdr, body := e.post("/v1/sessions/pos/invalidate", "key="+url.QueryEscape(k0))
+		r := e.judge(t, code, hdr, body)
+		if r.status != http.StatusOK || r.key == k0 {
+			t.Fatalf("invalidate: %d %s", code, body)
+		}
+		if n := len(e.attemptsSince(mark)); n != 1 {
+			t.Fatalf("%d logins after the invalidate, want exactly 1", n)
+		}
+		// A second caller with the same stale key gets the new one, no login.
+		code, hdr, body = e.post("/v1/sessions/pos/invalidate", "key="+url.QueryEscape(k0))
+		if r2 := e.judge(t, code, hdr, body); r2.key != r.key || len(e.attemptsSince(mark)) != 1 {
+			t.Fatalf("second invalidate: %s; %d logins", body, len(e.attemptsSince(mark)))
+		}
+	})
+
+	t.Run("file not rewritten", func(t *testing.T) {
+		e := startFaultDaemon(t, nil)
+		k0 := e.read(t).key
+		e.fake.ChangePassword(e.code, e.user, "rotated-password-2")
+		mark := e.attemptCount()
+		start := e.clk.Now()
+		code, hdr, body := e.post("/v1/sessions/pos/invalidate", "key="+url.QueryEscape(k0))
+		if r := e.judge(t, code, hdr, body); r.status != http.StatusServiceUnavailable || !strings.Contains(body, `"erplyCode":1051`) {
+			t.Fatalf("invalidate with the old password on file: %d %s", code, body)
+		}
+		// Two hours of callers asking for the key and reporting the dead one.
+		end := start.Add(2 * time.Hour)
+		for e.clk.Now().Before(end) {
+			e.clk.Advance(faultStep)
+			if r := e.read(t); r.status != http.StatusServiceUnavailable {
+				t.Fatalf("at %v: %d, want 503 while the password on file is wrong", e.clk.Now(), r.status)
+			}
+			code, hdr, body := e.post("/v1/sessions/pos/invalidate", "key="+url.QueryEscape(k0))
+			if r := e.judge(t, code, hdr, body); r.retryAfter > refusedMax+time.Second {
+				t.Fatalf("Retry-After %v", r.retryAfter)
+			}
+		}
+		attempts := e.attemptsSince(mark)
+		for i := 1; i < len(attempts); i++ {
+			if gap, want := attempts[i].Sub(attempts[i-1]), refused.minGap(i, attempts[i-1]); gap < want {
+				t.Fatalf("refused login %d came %v after the previous; want at least %v", i+1, gap, want)
+			}
+		}
+		if allowed := refused.maxAttempts(start, end); len(attempts) > allowed || len(attempts) < 2 {
+			t.Fatalf("%d refused logins in 2h; the schedule allows 2..%d", len(attempts), allowed)
+		}
+		if n := e.fake.TimesBlocked(e.code, e.user); n != 0 {
+			t.Fatalf("Erply blocked the user %d times", n)
+		}
+		// The operator puts the new password in the file: the daemon notices
+		// within SecretPoll, without a reload, and logs in once.
+		if err := os.WriteFile(e.pwFile, []byte("rotated-password-2\n"), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		mark = e.attemptCount()
+		fixed := e.clk.Now()
+		for {
+			e.clk.Advance(time.Second)
+			if r := e.read(t); r.status == http.StatusOK {
+				break
+			}
+			if e.clk.Now().Sub(fixed) > pool.SecretPoll {
+				t.Fatalf("no key %v after the password file was fixed", e.clk.Now().Sub(fixed))
+			}
+		}
+		if n := len(e.attemptsSince(mark)); n != 1 {
+			t.Fatalf("%d logins after the file was fixed, want 1", n)
+		}
+		t.Logf("%d refused logins in 2h (schedule allows %d), user never blocked; recovered %v after the file changed",
+			len(attempts), refused.maxAttempts(start, end), e.clk.Now().Sub(fixed))
+	})
+}
+
+// TestFaultSessionDeletedUpstream: Erply deletes the session the daemon
+// holds; every caller that got 1054 reports it at once; one re-login.
+func TestFaultSessionDeletedUpstream(t *testing.T) {
+	e := startFaultDaemon(t, nil)
+	k0 := e.read(t).key
+	e.fake.DeleteSession(k0)
+	mark := e.attemptCount()
+	const callers = 20
+	keys := make(chan string, callers)
+	var wg sync.WaitGroup
+	var failed atomic.Int32
+	for range callers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			s, err := e.client.Invalidate(t.Context(), "pos", k0)
+			if err != nil {
+				failed.Add(1)
+				return
+			}
+			keys <- s.SessionKey
+		}()
+	}
+	wg.Wait()
+	close(keys)
+	if failed.Load() != 0 {
+		t.Fatalf("%d invalidates failed", failed.Load())
+	}
+	var k1 string
+	for k := range keys {
+		if k == k0 || (k1 != "" && k != k1) {
+			t.Fatalf("callers got different or stale keys")
+		}
+		k1 = k
+	}
+	if !e.fake.SessionValid(k1) {
+		t.Fatal("the new key is not valid")
+	}
+	if n := len(e.attemptsSince(mark)); n != 1 {
+		t.Fatalf("%d logins for %d reports of the same key, want 1", n, callers)
+	}
+	if r := e.read(t); r.key != k1 {
+		t.Fatalf("after the re-login the key route serves %s", r.body)
+	}
+}
+
+// jumpClock is a fake clock whose wall time can jump without firing
+// timers, as a host resumed from suspend sees it: timers fire late.
+type jumpClock struct {
+	*clock.Fake
+	skew atomic.Int64
+}
+
+func (j *jumpClock) Now() time.Time { return j.Fake.Now().Add(time.Duration(j.skew.Load())) }
+
+// Jump moves the wall clock forward by d; no timer fires.
+func (j *jumpClock) Jump(d time.Duration) { j.skew.Add(int64(d)) }
+
+// TestFaultClockJump: the wall clock moves 2 h at once.
+func TestFaultClockJump(t *testing.T) {
+	t.Run("suspend: timers late", func(t *testing.T) {
+		var jc *jumpClock
+		d := startDaemon(t, daemonOptions{
+			env: map[string]string{"SESSIOND_CREDENTIALS": "pos", "SESSIOND_CASHIER_KIND": "", "SESSIOND_CASHIER_PARENT": "", "SESSIOND_CASHIER_PIN": ""},
+			wrapClock: func(f *clock.Fake) clock.Clock {
+				jc = &jumpClock{Fake: f}
+				return jc
+			},
+		})
+		k0 := d.key("pos")
+		before := d.fake.Calls("verifyUser")
+		jc.Jump(2 * time.Hour)
+		if d.fake.SessionValid(k0) {
+			t.Fatal("the fake still counts the old key as live after 2 h")
+		}
+		// No timer has fired: the read itself sees the old key is dead.
+		k1 := d.key("pos")
+		if k1 == k0 || !d.fake.SessionValid(k1) {
+			t.Fatalf("after the jump the daemon served the old or a dead key")
+		}
+		if n := d.fake.Calls("verifyUser") - before; n != 1 {
+			t.Fatalf("%d logins after the jump, want 1 (on the spot)", n)
+		}
+		// The late timers of the old session were replaced: catching up
+		// on them makes no extra login, and the new session refreshes once.
+		d.clk.Advance(45 * time.Minute)
+		if n := d.fake.Calls("verifyUser") - before; n != 2 {
+			t.Fatalf("%d logins after catching up 45 min, want 2 (one jump, one refresh)", n)
+		}
+		if k := d.key("pos"); !d.fake.SessionValid(k) {
+			t.Fatal("served a dead key after catching up")
+		}
+	})
+	t.Run("advance 2h in one step", func(t *testing.T) {
+		e := startFaultDaemon(t, nil)
+		k0 := e.read(t).key
+		mark := e.attemptCount()
+		e.clk.Advance(2 * time.Hour)
+		r := e.read(t)
+		if r.status != http.StatusOK || r.key == k0 {
+			t.Fatalf("after 2 h: %d %s", r.status, r.body)
+		}
+		// Refreshes at 0.62..0.72 of the hour: 2 or 3 in 2 h.
+		if n := len(e.attemptsSince(mark)); n < 2 || n > 3 {
+			t.Fatalf("%d logins in 2 h, want 2 or 3", n)
+		}
+	})
+}
