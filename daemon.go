@@ -139,7 +139,9 @@ func serve(ctx context.Context, cfg *config.Config, d deps) error {
 		d.clock = clock.Real{}
 	}
 	lw := newLevelWriter(d.logOut, cfg.LogFormat)
-	log := zerolog.New(lw).With().Timestamp().Logger()
+	// The writer is also the sampler: events below the current level are
+	// never built (the per-request debug line costs nothing at info).
+	log := zerolog.New(lw).Sample(lw).With().Timestamp().Logger()
 	lw.setLevel(cfg.LogLevel)
 	for _, w := range cfg.Warnings {
 		log.Warn().Msg(w)
@@ -389,6 +391,13 @@ func (w *levelWriter) setLevel(s string) {
 }
 
 func (w *levelWriter) Write(p []byte) (int, error) { return w.out.Write(p) }
+
+// Sample reports whether events at l are logged at the current level.
+func (w *levelWriter) Sample(l zerolog.Level) bool {
+	w.mu.RLock()
+	defer w.mu.RUnlock()
+	return l >= w.level
+}
 
 // WriteLevel drops events below the current level.
 func (w *levelWriter) WriteLevel(l zerolog.Level, p []byte) (int, error) {

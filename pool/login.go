@@ -24,7 +24,7 @@ func (p *Pool) authenticate(ctx context.Context, e *entry, cred config.Credentia
 	)
 	switch cred.Kind {
 	case config.KindPIN:
-		sess, err = p.switchUser(ctx, cred)
+		sess, err = p.switchUser(ctx, e, cred)
 	case config.KindIdentity:
 		var tok string
 		if tok, err = cred.Token.Read(); err != nil {
@@ -89,7 +89,7 @@ func requestOf(c config.Credential) string {
 // If Erply says the parent's key is dead (deleted upstream, e.g. after a
 // password change), the parent is invalidated — one re-login — and the switch
 // is tried once more with the new key.
-func (p *Pool) switchUser(ctx context.Context, cred config.Credential) (*upstream.Session, error) {
+func (p *Pool) switchUser(ctx context.Context, e *entry, cred config.Credential) (*upstream.Session, error) {
 	pin, err := cred.PIN.Read()
 	if err != nil {
 		return nil, err
@@ -109,6 +109,11 @@ func (p *Pool) switchUser(ctx context.Context, cred config.Credential) (*upstrea
 			return nil, fmt.Errorf("parent %s: %w", cred.Parent, err)
 		}
 		sess, err = p.opts.Upstream.SwitchUser(ctx, acct, parent.Session.SessionKey, pin, cred.SessionLength)
+	}
+	if err == nil {
+		e.mu.Lock()
+		e.parentKey = parent.Session.SessionKey
+		e.mu.Unlock()
 	}
 	return sess, err
 }
@@ -267,11 +272,13 @@ func (p *Pool) loginInBackground(e *entry, why string) {
 	// The version is read now: if a caller's own login lands before this
 	// goroutine runs, the flight sees the change and does not log in again.
 	version := e.snap.Load().Version
+	e.pending.Add(1)
 	p.bg.Add(1)
 	go func() {
 		defer p.wg.Done()
 		defer p.bg.Done()
-		_, _ = p.login(p.ctx, e, version, why)
+		defer e.pending.Add(-1)
+		_, _ = p.login(p.ctx, e, version, why, true)
 	}()
 }
 

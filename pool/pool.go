@@ -97,6 +97,9 @@ type entry struct {
 	notBefore   time.Time   // no on-demand login before this after a failure
 	refusedWith string      // fingerprint of the secret a refused login used
 	inflight    bool
+	parentKey   string // pin credentials: the parent session key of the last switch
+
+	pending atomic.Int32 // forced background logins asked for and not yet done
 }
 
 // New makes a Pool; nothing happens until Open.
@@ -347,14 +350,17 @@ func (p *Pool) Get(ctx context.Context, name string) (*Snapshot, error) {
 	if s.Valid(now, p.margin(s)) {
 		return s, nil
 	}
-	if wait, blocked := p.blocked(e, now); blocked {
+	// A forced login asked for in the background (a parent's new session, a
+	// reload) is as good as done: wait for it rather than answer 503.
+	force := e.pending.Load() > 0
+	if wait, blocked := p.blocked(e, now); blocked && !force {
 		return nil, &UnavailableError{Name: name, Reason: s.LastError, RetryAfter: wait}
 	}
 	why := "expiring"
 	if s.State == StateStarting {
 		why = "first login"
 	}
-	return p.login(ctx, e, s.Version, why)
+	return p.login(ctx, e, s.Version, why, force)
 }
 
 // Invalidate is compare-and-refresh: if staleKey is still the credential's
@@ -369,10 +375,11 @@ func (p *Pool) Invalidate(ctx context.Context, name, staleKey string) (*Snapshot
 	if s.Session == nil || s.Session.SessionKey != staleKey {
 		return p.Get(ctx, name)
 	}
-	if wait, blocked := p.blocked(e, p.clk.Now()); blocked {
+	force := e.pending.Load() > 0
+	if wait, blocked := p.blocked(e, p.clk.Now()); blocked && !force {
 		return nil, &UnavailableError{Name: name, Reason: s.LastError, RetryAfter: wait}
 	}
-	snap, err := p.login(ctx, e, s.Version, "invalidated")
+	snap, err := p.login(ctx, e, s.Version, "invalidated", force)
 	if err != nil {
 		p.dropIfDead(ctx, e, staleKey)
 	}
@@ -441,7 +448,9 @@ func (p *Pool) blocked(e *entry, now time.Time) (time.Duration, bool) {
 // login runs one login for e through its singleflight. staleVersion is the
 // snapshot version the caller found wanting: if the snapshot has moved on
 // (someone else logged in meanwhile) and is valid, no new login is made.
-func (p *Pool) login(ctx context.Context, e *entry, staleVersion uint64, why string) (*Snapshot, error) {
+// Unless force is set (a parent's new session, a reload, a changed secret),
+// no login is made while the failure backoff lasts.
+func (p *Pool) login(ctx context.Context, e *entry, staleVersion uint64, why string, force bool) (*Snapshot, error) {
 	if p.closed.Load() {
 		return nil, &UnavailableError{Name: e.name, Reason: errors.New("daemon is shutting down")}
 	}
@@ -451,8 +460,14 @@ func (p *Pool) login(ctx context.Context, e *entry, staleVersion uint64, why str
 		}
 		defer p.wg.Done()
 		cur := e.snap.Load()
-		if cur.Version != staleVersion && cur.Valid(p.clk.Now(), p.margin(cur)) {
+		now := p.clk.Now()
+		if cur.Version != staleVersion && cur.Valid(now, p.margin(cur)) {
 			return cur, nil
+		}
+		// Checked again here, where logins are serialised: a caller that
+		// looked before the last login failed must not start another.
+		if wait, blocked := p.blocked(e, now); blocked && !force {
+			return nil, &UnavailableError{Name: e.name, Reason: cur.LastError, RetryAfter: wait}
 		}
 		return p.doLogin(e, why)
 	})
@@ -519,7 +534,7 @@ func (p *Pool) doLogin(e *entry, why string) (*Snapshot, error) {
 	p.armTimer(e, refreshAt)
 	p.scheduleExpiry(e, snap)
 	p.scheduleJWT(e, snap)
-	p.followers(e.name)
+	p.followers(e.name, sess.SessionKey)
 	return snap, nil
 }
 
@@ -645,7 +660,7 @@ func (p *Pool) fire(e *entry) {
 		p.armTimer(e, at)
 		return
 	}
-	_, _ = p.login(p.ctx, e, s.Version, "scheduled")
+	_, _ = p.login(p.ctx, e, s.Version, "scheduled", false)
 }
 
 func (p *Pool) parentRefreshesFirst(e *entry, s *Snapshot) (time.Time, bool) {
@@ -673,13 +688,15 @@ func (p *Pool) parentRefreshesFirst(e *entry, s *Snapshot) (time.Time, bool) {
 
 // followers refreshes the pin credentials whose parent is name, after the
 // parent's session changed.
-func (p *Pool) followers(name string) {
+func (p *Pool) followers(name, parentKey string) {
 	p.mu.RLock()
 	var kids []*entry
 	for _, n := range p.order {
 		c := p.entries[n]
 		c.mu.Lock()
-		if c.cred.Kind == config.KindPIN && c.cred.Parent == name {
+		// A child that switched from this very parent session (its first
+		// login raced the parent's) needs no second switch.
+		if c.cred.Kind == config.KindPIN && c.cred.Parent == name && c.parentKey != parentKey {
 			kids = append(kids, c)
 		}
 		c.mu.Unlock()
