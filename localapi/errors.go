@@ -58,11 +58,45 @@ func errForbidden(ci *connInfo) *apiError {
 	return newError(http.StatusForbidden, "forbidden", msg)
 }
 
+// Answer is how the API answers an error: the HTTP status, a stable code for
+// programs, a message for people (never a secret), the Erply code behind it
+// and, with 503, how long to wait.
+type Answer struct {
+	Status     int
+	Code       string
+	Message    string
+	ErplyCode  int
+	RetryAfter time.Duration
+}
+
+// Answerer is an error that knows its own answer, such as the proxy's
+// refusals; Classify uses it as it is.
+type Answerer interface {
+	error
+	Answer() Answer
+}
+
+// Classify maps err to its answer: the one mapping from errors to statuses,
+// shared by every route and by the proxy.
+func Classify(err error) Answer {
+	e := classify(err)
+	return Answer{Status: e.status, Code: e.code, Message: e.message, ErplyCode: e.erplyCode, RetryAfter: e.retryAfter}
+}
+
+// WriteError answers err as the JSON error {"error","message","erplyCode"},
+// with Retry-After on 503, as every JSON route does.
+func WriteError(w http.ResponseWriter, err error) { writeError(w, err, false) }
+
 // classify is the one place where errors become HTTP answers.
 func classify(err error) *apiError {
 	var ae *apiError
 	if errors.As(err, &ae) {
 		return ae
+	}
+	var an Answerer
+	if errors.As(err, &an) {
+		a := an.Answer()
+		return &apiError{status: a.Status, code: a.Code, message: a.Message, erplyCode: a.ErplyCode, retryAfter: a.RetryAfter}
 	}
 	if errors.Is(err, pool.ErrUnknownCredential) {
 		return newError(http.StatusNotFound, "unknown_credential", err.Error())

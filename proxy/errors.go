@@ -1,14 +1,11 @@
 package proxy
 
 import (
-	"bytes"
-	"encoding/json"
-	"errors"
 	"net/http"
 	"strconv"
 	"time"
 
-	"github.com/erply-sessiond/erply-sessiond/pool"
+	"github.com/erply-sessiond/erply-sessiond/localapi"
 	"github.com/erply-sessiond/erply-sessiond/upstream"
 )
 
@@ -53,24 +50,12 @@ func callerSupplied(field string) *proxyError {
 		"the body carries "+field+": the proxy adds clientCode and sessionKey itself, leave them out")
 }
 
-// sessionError answers a failed Sessions.Get or Invalidate.
+// sessionError answers a failed Sessions.Get or Invalidate the way every
+// other route does (localapi.Classify).
 func sessionError(err error) *proxyError {
-	if errors.Is(err, pool.ErrUnknownCredential) {
-		return rejected(http.StatusNotFound, "unknown_credential", "unknown credential")
-	}
-	e := &proxyError{
-		status:     http.StatusServiceUnavailable,
-		code:       "no_valid_session",
-		message:    err.Error(),
-		erplyCode:  upstream.CodeOf(err),
-		retryAfter: time.Second,
-		outcome:    outcomeRejected,
-	}
-	var un *pool.UnavailableError
-	if errors.As(err, &un) && un.RetryAfter > 0 {
-		e.retryAfter = un.RetryAfter
-	}
-	return e
+	a := localapi.Classify(err)
+	return &proxyError{status: a.Status, code: a.Code, message: a.Message, erplyCode: a.ErplyCode,
+		retryAfter: a.RetryAfter, outcome: outcomeRejected}
 }
 
 // pausedError answers a call for a client code that Erply told to wait.
@@ -92,31 +77,16 @@ func upstreamError(cause error) *proxyError {
 		message: "Erply did not answer: " + cause.Error(), outcome: outcomeUpstreamError}
 }
 
-// errorBody is the JSON shape of every error the local API answers.
-type errorBody struct {
-	Error     string `json:"error"`
-	Message   string `json:"message"`
-	ErplyCode int    `json:"erplyCode,omitempty"`
+func (e *proxyError) Error() string { return e.message }
+
+// Answer makes a proxyError a localapi.Answerer: it is written like every
+// other error of the API.
+func (e *proxyError) Answer() localapi.Answer {
+	return localapi.Answer{Status: e.status, Code: e.code, Message: e.message, ErplyCode: e.erplyCode, RetryAfter: e.retryAfter}
 }
 
 // fail answers e and records it on ex.
 func (p *Proxy) fail(w http.ResponseWriter, ex *exchange, e *proxyError) {
 	ex.outcome, ex.status, ex.erplyCode = e.outcome, e.status, e.erplyCode
-	h := w.Header()
-	if e.status == http.StatusServiceUnavailable {
-		h.Set("Retry-After", retryAfterSeconds(e.retryAfter))
-	}
-	var buf bytes.Buffer
-	enc := json.NewEncoder(&buf)
-	enc.SetEscapeHTML(false)
-	_ = enc.Encode(errorBody{Error: e.code, Message: e.message, ErplyCode: e.erplyCode}) // plain strings: cannot fail
-	h.Set("Content-Type", "application/json")
-	w.WriteHeader(e.status)
-	_, _ = w.Write(buf.Bytes())
-}
-
-// retryAfterSeconds rounds d up to whole seconds, at least 1.
-func retryAfterSeconds(d time.Duration) string {
-	secs := int64((d + time.Second - 1) / time.Second)
-	return strconv.FormatInt(max(secs, 1), 10)
+	localapi.WriteError(w, e)
 }
