@@ -678,8 +678,9 @@ func (p *Pool) parentRefreshesFirst(e *entry, s *Snapshot) (time.Time, bool) {
 	pnext, pfail := parent.nextRefresh, parent.failures
 	parent.mu.Unlock()
 	now := p.clk.Now()
-	// Leave room for the parent's login and the switch after it.
-	deadline := s.ExpiresAt.Add(-p.margin(s) - p.policy.BackoffMax)
+	// Leave room (another margin) for the parent's login and the switch
+	// after it; a fixed allowance would be longer than a short session.
+	deadline := s.ExpiresAt.Add(-2 * p.margin(s))
 	if pfail == 0 && pnext.After(now) && pnext.Before(deadline) {
 		return pnext.Add(time.Second), true
 	}
