@@ -28,3 +28,4 @@ fuzz:
 	$(GO) test -run '^$$' -fuzz '^FuzzLoad$$' -fuzztime $(FUZZTIME) $(FUZZFLAGS) ./config
 	$(GO) test -run '^$$' -fuzz '^FuzzOrder$$' -fuzztime $(ORDER_FUZZTIME) $(FUZZFLAGS) ./srv
 	$(GO) test -run '^$$' -fuzz '^FuzzRoutes$$' -fuzztime $(FUZZTIME) -fuzzminimizetime $(ROUTES_MINIMIZE) $(FUZZFLAGS) ./localapi
+	$(GO) test -run '^$$' -fuzz '^FuzzInspect$$' -fuzztime $(FUZZTIME) $(FUZZFLAGS) ./proxy
