@@ -427,17 +427,16 @@ func (p *Proxy) limitsFrom(lim *limiter, clientCode string, rep *reply) {
 	switch {
 	case rep.resp.StatusCode == http.StatusTooManyRequests:
 		d := MinRateLimitPause
-		if ra, ok := parseRetryAfter(rep.resp.Header.Get("Retry-After"), now); ok && ra > d {
+		if ra, ok := upstream.ParseRetryAfter(rep.resp.Header.Get("Retry-After"), now); ok && ra > d {
 			d = ra
 		}
 		p.pause(lim, clientCode, now, d, pauseRateLimited)
 	case rep.status.found && rep.status.errorCode == upstream.CodeQuotaExceeded:
-		erplyNow := now
+		var erplyNow time.Time
 		if rep.status.serverTime != 0 {
 			erplyNow = time.Unix(rep.status.serverTime, 0)
 		}
-		d := erplyNow.Truncate(time.Hour).Add(time.Hour).Sub(erplyNow)
-		p.pause(lim, clientCode, now, d, pauseQuota)
+		p.pause(lim, clientCode, now, upstream.UntilNextHour(erplyNow, now), pauseQuota)
 	}
 }
 
@@ -504,26 +503,4 @@ func transportCause(err error) error {
 		return ue.Err
 	}
 	return err
-}
-
-// parseRetryAfter reads a Retry-After header: seconds or an HTTP date.
-func parseRetryAfter(h string, now time.Time) (time.Duration, bool) {
-	if h == "" {
-		return 0, false
-	}
-	if secs, err := strconv.ParseInt(strings.TrimSpace(h), 10, 64); err == nil {
-		if secs < 0 || secs > int64(24*time.Hour/time.Second) {
-			return 0, false
-		}
-		return time.Duration(secs) * time.Second, true
-	}
-	t, err := http.ParseTime(h)
-	if err != nil {
-		return 0, false
-	}
-	d := t.Sub(now)
-	if d > 24*time.Hour {
-		return 0, false
-	}
-	return max(d, 0), true
 }

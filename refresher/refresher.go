@@ -136,8 +136,7 @@ func (p Policy) Backoff(err error, attempt int, now time.Time) time.Duration {
 			return asked + p.jitterUpTo(5*time.Second)
 		}
 		// The quota window is the clock hour.
-		next := now.Truncate(time.Hour).Add(time.Hour)
-		return next.Sub(now) + p.jitterUpTo(5*time.Second)
+		return upstream.UntilNextHour(time.Time{}, now) + p.jitterUpTo(5*time.Second)
 	case RateLimited:
 		d := p.RateLimitMin
 		if asked > d {

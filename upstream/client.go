@@ -11,6 +11,7 @@ import (
 	"net/http"
 	"net/url"
 	"strconv"
+	"strings"
 	"syscall"
 	"time"
 
@@ -396,7 +397,7 @@ func (st *callState) handleResponse(resp *http.Response) error {
 	if errors.As(err, &e) {
 		e.Request = st.request
 		if e.Code == CodeQuotaExceeded {
-			e.RetryAfter = untilNextHour(reply.Status.ServerTime(), st.c.clock.Now())
+			e.RetryAfter = UntilNextHour(reply.Status.ServerTime(), st.c.clock.Now())
 		}
 		return e
 	}
@@ -414,7 +415,7 @@ func (st *callState) handleResponse(resp *http.Response) error {
 // statusError is the error for a non-2xx HTTP status.
 func (st *callState) statusError(resp *http.Response) *Error {
 	e := &Error{Request: st.request, HTTPStatus: resp.StatusCode}
-	ra, ok := parseRetryAfter(resp.Header.Get("Retry-After"), st.c.clock.Now())
+	ra, ok := ParseRetryAfter(resp.Header.Get("Retry-After"), st.c.clock.Now())
 	if ok {
 		e.RetryAfter = ra
 	}
@@ -424,9 +425,9 @@ func (st *callState) statusError(resp *http.Response) *Error {
 	return e
 }
 
-// untilNextHour is how long until Erply's hourly quota window turns over,
-// on Erply's clock when the reply carried it, else on the local one.
-func untilNextHour(serverTime, localNow time.Time) time.Duration {
+// UntilNextHour is how long until Erply's hourly quota window (error 1002)
+// turns over, on Erply's clock (serverTime) when known, else on localNow.
+func UntilNextHour(serverTime, localNow time.Time) time.Duration {
 	now := serverTime
 	if now.IsZero() {
 		now = localNow
@@ -434,7 +435,10 @@ func untilNextHour(serverTime, localNow time.Time) time.Duration {
 	return now.Truncate(time.Hour).Add(time.Hour).Sub(now)
 }
 
-func parseRetryAfter(h string, now time.Time) (time.Duration, bool) {
+// ParseRetryAfter reads a Retry-After header: whole seconds or an HTTP date,
+// at most a day ahead (anything else is ignored: false).
+func ParseRetryAfter(h string, now time.Time) (time.Duration, bool) {
+	h = strings.TrimSpace(h)
 	if h == "" {
 		return 0, false
 	}
@@ -448,7 +452,11 @@ func parseRetryAfter(h string, now time.Time) (time.Duration, bool) {
 	if err != nil {
 		return 0, false
 	}
-	return max(t.Sub(now), 0), true
+	d := t.Sub(now)
+	if d > 24*time.Hour {
+		return 0, false
+	}
+	return max(d, 0), true
 }
 
 // transportCause strips *url.Error, whose message quotes the URL.
