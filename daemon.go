@@ -24,6 +24,7 @@ import (
 	"github.com/erply-sessiond/erply-sessiond/clock"
 	"github.com/erply-sessiond/erply-sessiond/config"
 	"github.com/erply-sessiond/erply-sessiond/localapi"
+	"github.com/erply-sessiond/erply-sessiond/login"
 	"github.com/erply-sessiond/erply-sessiond/pool"
 	"github.com/erply-sessiond/erply-sessiond/proxy"
 	"github.com/erply-sessiond/erply-sessiond/refresher"
@@ -160,7 +161,7 @@ func serve(ctx context.Context, cfg *config.Config, d deps) error {
 	policy := refresher.Default()
 	policy.Fraction = cfg.RefreshFraction
 	policy.Margin = cfg.ExpiryMargin
-	p, err := pool.New(pool.Options{
+	p, err := pool.New(pool.Options{MethodFor: login.Methods(dm.up),
 		Upstream: dm.up, Credentials: cfg.Credentials, Clock: d.clock, Policy: policy,
 		Logger: log, Registerer: dm.reg,
 	})

@@ -18,6 +18,7 @@ import (
 	"github.com/erply-sessiond/erply-sessiond/clock"
 	"github.com/erply-sessiond/erply-sessiond/config"
 	"github.com/erply-sessiond/erply-sessiond/localapi"
+	"github.com/erply-sessiond/erply-sessiond/login"
 	"github.com/erply-sessiond/erply-sessiond/pool"
 	"github.com/erply-sessiond/erply-sessiond/proxy"
 	"github.com/erply-sessiond/erply-sessiond/upstream"
@@ -33,7 +34,7 @@ func daemon() (socket string, stop func()) {
 	fake := erplytest.New(clock.Real{})
 	code, user, pw, _ := fake.SeedDemo()
 	up := upstream.New(upstream.Options{Logger: zerolog.Nop()})
-	p, err := pool.New(pool.Options{Upstream: up, Logger: zerolog.Nop(), Credentials: []config.Credential{{
+	p, err := pool.New(pool.Options{MethodFor: login.Methods(up), Upstream: up, Logger: zerolog.Nop(), Credentials: []config.Credential{{
 		Name: "pos", Kind: config.KindPassword, ClientCode: code, APIURL: fake.APIURL(),
 		Username: user, Password: config.Secret{Value: pw}, SessionLength: 3600,
 	}}})

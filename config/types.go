@@ -89,3 +89,15 @@ type Config struct {
 	// SESSIOND_* variables (typos), settings the credential's kind ignores.
 	Warnings []string
 }
+
+// LoginSecret is the secret the credential logs in with: the password, the
+// PIN or the token, as its kind says.
+func (c Credential) LoginSecret() Secret {
+	switch c.Kind {
+	case KindPIN:
+		return c.PIN
+	case KindIdentity, KindOAuth:
+		return c.Token
+	}
+	return c.Password
+}

@@ -6,267 +6,277 @@ import (
 	"fmt"
 	"time"
 
-	"github.com/erply-sessiond/erply-sessiond/config"
+	"github.com/erply-sessiond/erply-sessiond/refresher"
 	"github.com/erply-sessiond/erply-sessiond/upstream"
 )
 
-// authenticate runs the upstream calls of one login for cred and returns the
-// session and its expiry on the local clock. Lifetimes are Erply's
-// (sessionLength, or expireUnixTime − requestUnixTime) applied to start, the
-// local time the login began: the session cannot have been created earlier,
-// so the local expiry is never later than Erply's.
-func (p *Pool) authenticate(ctx context.Context, e *entry, cred config.Credential, start time.Time) (*upstream.Session, time.Time, error) {
-	up := p.opts.Upstream
-	acct := account(cred)
-	var (
-		sess *upstream.Session
-		err  error
-	)
-	switch cred.Kind {
-	case config.KindPIN:
-		sess, err = p.switchUser(ctx, e, cred)
-	case config.KindIdentity:
-		var tok string
-		if tok, err = cred.Token.Read(); err != nil {
-			return nil, time.Time{}, err
+var (
+	errShuttingDown = errors.New("daemon is shutting down")
+	errRemoved      = errors.New("credential removed by a reload")
+)
+
+// Get returns a snapshot whose session is valid for at least the safety
+// margin, logging in (once, shared with every concurrent caller) if needed.
+// A caller whose ctx ends stops waiting; the shared login goes on. After a
+// failure, Get does not log in again before the backoff has passed: it
+// returns an *UnavailableError with the reason and RetryAfter.
+func (p *Pool) Get(ctx context.Context, name string) (*Snapshot, error) {
+	e := p.entry(name)
+	if e == nil {
+		return nil, fmt.Errorf("%w: %q", ErrUnknownCredential, truncate(name))
+	}
+	s := e.snap.Load()
+	now := p.clk.Now()
+	if s.Valid(now, p.margin(s)) {
+		return s, nil
+	}
+	why := whyExpiring
+	if s.State == StateStarting {
+		why = whyFirst
+	}
+	return p.demand(ctx, e, s, why)
+}
+
+// Invalidate is compare-and-refresh: if staleKey is still the credential's
+// current key, it logs in anew (once, however many callers report the same
+// key) and returns the new session; otherwise it returns the current one.
+func (p *Pool) Invalidate(ctx context.Context, name, staleKey string) (*Snapshot, error) {
+	e := p.entry(name)
+	if e == nil {
+		return nil, fmt.Errorf("%w: %q", ErrUnknownCredential, truncate(name))
+	}
+	s := e.snap.Load()
+	if s.Session == nil || s.Session.SessionKey != staleKey {
+		return p.Get(ctx, name)
+	}
+	snap, err := p.demand(ctx, e, s, whyInvalidated)
+	if err != nil {
+		p.dropIfDead(ctx, e, staleKey)
+	}
+	return snap, err
+}
+
+// demand is a caller's login: refused while the failure backoff lasts,
+// unless a forced login asked for in the background (a parent's new
+// session, a reload) is pending — that one is as good as done, so the
+// caller waits for it rather than getting a 503.
+func (p *Pool) demand(ctx context.Context, e *entry, s *Snapshot, why string) (*Snapshot, error) {
+	force := e.pending.Load() > 0
+	if wait, blocked := p.blocked(e, p.clk.Now()); blocked && !force {
+		return nil, &UnavailableError{Name: e.name, Reason: s.LastError, RetryAfter: wait}
+	}
+	return p.login(ctx, e, s.Version, why, force)
+}
+
+// blocked reports whether an on-demand login must wait for the backoff.
+// A refused login may go again at once when its secret has changed.
+func (p *Pool) blocked(e *entry, now time.Time) (time.Duration, bool) {
+	e.mu.Lock()
+	nb, refused, cred := e.notBefore, e.refusedWith, e.cred
+	e.mu.Unlock()
+	if !now.Before(nb) {
+		return 0, false
+	}
+	if refused != "" && secretFingerprint(cred) != refused {
+		return 0, false
+	}
+	return nb.Sub(now), true
+}
+
+// login runs one login for e through its singleflight: whoever asks, at
+// most one login per credential is in flight. staleVersion is the snapshot
+// version the caller found wanting: if the snapshot has moved on (someone
+// else logged in meanwhile) and is valid, no new login is made. Unless
+// force is set, no login is made while the failure backoff lasts.
+func (p *Pool) login(ctx context.Context, e *entry, staleVersion uint64, why string, force bool) (*Snapshot, error) {
+	ch := e.sf.DoChan("login", func() (any, error) {
+		if !p.work.start() {
+			return nil, &UnavailableError{Name: e.name, Reason: errShuttingDown}
 		}
-		sess, err = up.VerifyIdentityToken(ctx, acct, tok)
+		defer p.work.done()
+		cur := e.snap.Load()
+		now := p.clk.Now()
+		if cur.Version != staleVersion && cur.Valid(now, p.margin(cur)) {
+			return cur, nil
+		}
+		// Checked again here, where logins are serialised: a caller that
+		// looked before the last login failed must not start another.
+		if wait, blocked := p.blocked(e, now); blocked && !force {
+			return nil, &UnavailableError{Name: e.name, Reason: cur.LastError, RetryAfter: wait}
+		}
+		return p.doLogin(e, why)
+	})
+	wait := p.opts.WaitLimit
+	if dl, ok := ctx.Deadline(); ok && time.Until(dl) < wait {
+		wait = time.Until(dl)
+	}
+	t := time.NewTimer(wait)
+	defer t.Stop()
+	select {
+	case r := <-ch:
+		if r.Err != nil {
+			return nil, r.Err
+		}
+		return r.Val.(*Snapshot), nil
+	case <-ctx.Done():
+		return nil, &UnavailableError{Name: e.name, Reason: ctx.Err(), RetryAfter: time.Second}
+	case <-t.C:
+		return nil, &UnavailableError{Name: e.name, Reason: context.DeadlineExceeded, RetryAfter: time.Second}
+	}
+}
+
+// doLogin asks the credential's Method for a session and installs it, or
+// records the failure. It runs inside the entry's singleflight.
+func (p *Pool) doLogin(e *entry, why string) (*Snapshot, error) {
+	before := e.snap.Load()
+	if before.Valid(p.clk.Now(), p.margin(before)) {
+		p.publish(e, func(s *Snapshot) { s.State = StateRefreshing })
+	}
+	ctx, cancel := context.WithTimeout(e.ctx, p.opts.LoginTimeout)
+	defer cancel()
+	for {
+		e.mu.Lock()
+		cred, method, gen := e.cred, e.method, e.gen
+		e.mu.Unlock()
+		start := p.clk.Now()
+		var (
+			g   Grant
+			err error
+		)
+		if method == nil {
+			err = fmt.Errorf("credential %s: no login method for kind %q", e.name, cred.Kind)
+		} else {
+			g, err = method.Login(ctx, cred, p)
+		}
+		e.mu.Lock()
+		changed := e.gen != gen
+		e.mu.Unlock()
+		if changed && ctx.Err() == nil {
+			// A reload changed the credential while it logged in: that
+			// session (or failure) belongs to the old settings.
+			p.log.Info().Str("credential", e.name).Msg("configuration changed during the login: logging in again with the new one")
+			continue
+		}
 		if err == nil {
-			// The reply carries only the key: fetch who it is.
-			var full *upstream.Session
-			if full, err = up.GetSessionKeyUser(ctx, acct, sess.SessionKey); err == nil {
-				full.SessionKey, full.Request, full.SessionLength = sess.SessionKey, sess.Request, sess.SessionLength
-				sess = full
+			g.Obtained, g.ExpiresAt = start, time.Time{}
+			if err = p.complete(&g); err != nil {
+				err = &upstream.Error{Request: "login", Err: err}
 			}
 		}
-	case config.KindOAuth:
-		var tok string
-		if tok, err = cred.Token.Read(); err != nil {
-			return nil, time.Time{}, err
-		}
-		sess, err = up.VerifyOAuthToken(ctx, acct, tok, cred.SessionLength)
-	default:
-		var pw string
-		if pw, err = cred.Password.Read(); err != nil {
-			return nil, time.Time{}, err
-		}
-		sess, err = up.VerifyUser(ctx, acct, cred.Username, pw, cred.SessionLength)
-	}
-	if err != nil {
-		return nil, time.Time{}, err
-	}
-	if sess == nil || sess.SessionKey == "" {
-		return nil, time.Time{}, &upstream.Error{Request: requestOf(cred), Err: fmt.Errorf("%w: no session key", upstream.ErrBadReply)}
-	}
-	lifetime := time.Duration(sess.SessionLength) * time.Second
-	if lifetime <= 0 {
-		info, err := up.GetSessionKeyInfo(ctx, acct, sess.SessionKey)
 		if err != nil {
-			return nil, time.Time{}, err
+			return nil, p.failed(e, err, why)
 		}
-		lifetime = info.Remaining()
-		sess.SessionLength = int64(lifetime / time.Second)
+		return p.install(e, g, why), nil
 	}
-	if lifetime <= 0 {
-		return nil, time.Time{}, &upstream.Error{Request: requestOf(cred), Err: fmt.Errorf("%w: session has no lifetime", upstream.ErrBadReply)}
-	}
-	return sess, start.Add(lifetime), nil
 }
 
-func requestOf(c config.Credential) string {
-	switch c.Kind {
-	case config.KindPIN:
-		return "switchUser"
-	case config.KindIdentity:
-		return "verifyIdentityToken"
-	case config.KindOAuth:
-		return "verifyOAuthToken"
-	}
-	return "verifyUser"
-}
-
-// switchUser logs a pin credential in on top of its parent's current session.
-// If Erply says the parent's key is dead (deleted upstream, e.g. after a
-// password change), the parent is invalidated — one re-login — and the switch
-// is tried once more with the new key.
-func (p *Pool) switchUser(ctx context.Context, e *entry, cred config.Credential) (*upstream.Session, error) {
-	pin, err := cred.PIN.Read()
-	if err != nil {
-		return nil, err
-	}
-	parent, err := p.Get(ctx, cred.Parent)
-	if err != nil {
-		return nil, fmt.Errorf("parent %s: %w", cred.Parent, err)
-	}
-	acct := upstream.Account{ClientCode: parent.ClientCode, APIURL: cred.APIURL}
-	if acct.APIURL == "" {
-		acct.APIURL = parent.APIURL
-	}
-	sess, err := p.opts.Upstream.SwitchUser(ctx, acct, parent.Session.SessionKey, pin, cred.SessionLength)
-	if errors.Is(err, upstream.ErrSessionInvalid) || errors.Is(err, upstream.ErrSessionTooOld) {
-		parent, err = p.Invalidate(ctx, cred.Parent, parent.Session.SessionKey)
-		if err != nil {
-			return nil, fmt.Errorf("parent %s: %w", cred.Parent, err)
+// failed records a failed login and arms the retry.
+func (p *Pool) failed(e *entry, err error, why string) error {
+	e.mu.Lock()
+	cred := e.cred
+	e.mu.Unlock()
+	log := p.log.With().Str("credential", e.name).Str("kind", string(cred.Kind)).Str("trigger", why).Logger()
+	if e.ctx.Err() != nil {
+		// Shutting down or removed: the login was cancelled, not refused.
+		log.Debug().Err(err).Msg("login cancelled")
+		reason := errShuttingDown
+		if p.ctx.Err() == nil {
+			reason = errRemoved
 		}
-		sess, err = p.opts.Upstream.SwitchUser(ctx, acct, parent.Session.SessionKey, pin, cred.SessionLength)
-	}
-	if err == nil {
-		e.mu.Lock()
-		e.parentKey = parent.Session.SessionKey
-		e.mu.Unlock()
-	}
-	return sess, err
-}
-
-// scheduleJWT arms renewal of the session's JWTs that would expire before
-// the session does: getJwtToken / getIdentityToken, not a new login.
-func (p *Pool) scheduleJWT(e *entry, s *Snapshot) {
-	if s.Session == nil {
-		return
+		return &UnavailableError{Name: e.name, Reason: reason}
 	}
 	now := p.clk.Now()
-	var due time.Time
-	for _, tok := range []string{s.Session.Token, s.Session.IdentityToken} {
-		exp := upstream.TokenExpiry(tok)
-		if tok == "" || exp.IsZero() || !exp.Before(s.ExpiresAt) {
-			continue
-		}
-		at := p.policy.RefreshAt(now, exp)
-		if due.IsZero() || at.Before(due) {
-			due = at
-		}
-	}
+	refused := false
 	e.mu.Lock()
-	defer e.mu.Unlock()
-	if e.jwtTimer != nil {
-		e.jwtTimer.Stop()
-		e.jwtTimer = nil
+	e.failures++
+	n := e.failures
+	wait := p.policy.Backoff(err, n, now)
+	e.notBefore = now.Add(wait)
+	if k := refresher.Classify(err); k == refresher.Refused || k == refresher.Permanent {
+		e.refusedWith = secretFingerprint(cred)
+		refused = true
+	} else {
+		e.refusedWith = ""
 	}
-	if due.IsZero() || p.closed.Load() {
-		return
-	}
-	version := s.Version
-	e.jwtTimer = p.clk.AfterFunc(due.Sub(now), func() { p.renewJWT(e, version, 1) })
-}
-
-// renewJWT fetches fresh JWTs for the session of snapshot version (if it is
-// still current) and publishes them.
-func (p *Pool) renewJWT(e *entry, version uint64, attempt int) {
-	if !p.track() {
-		return
-	}
-	defer p.wg.Done()
-	s := e.snap.Load()
-	if s.Session == nil || s.Version != version {
-		return // the session changed: its login scheduled its own renewal
-	}
-	ctx, cancel := context.WithTimeout(p.ctx, p.opts.LoginTimeout)
-	defer cancel()
-	acct := upstream.Account{ClientCode: s.ClientCode, APIURL: s.APIURL}
-	sess := *s.Session
-	var err error
-	if sess.Token != "" {
-		var j *upstream.JWT
-		if j, err = p.opts.Upstream.GetJwtToken(ctx, acct, sess.SessionKey); err == nil {
-			sess.Token = j.Token
-		}
-	}
-	if err == nil && sess.IdentityToken != "" {
-		var j *upstream.JWT
-		if j, err = p.opts.Upstream.GetIdentityToken(ctx, acct, sess.SessionKey); err == nil {
-			sess.IdentityToken = j.Token
-		}
-	}
-	log := p.log.With().Str("credential", e.name).Logger()
-	if err != nil {
-		wait := p.policy.Backoff(err, attempt, p.clk.Now())
-		log.Warn().Err(err).Stringer("retryIn", wait).Msg("JWT renewal failed")
-		if errors.Is(err, upstream.ErrSessionInvalid) {
-			// The session itself is gone: a login replaces it (and its JWTs).
-			p.loginInBackground(e, "JWT renewal found the session gone")
-			return
-		}
-		e.mu.Lock()
-		if !p.closed.Load() {
-			e.jwtTimer = p.clk.AfterFunc(wait, func() { p.renewJWT(e, version, attempt+1) })
-		}
-		e.mu.Unlock()
-		return
-	}
-	var published *Snapshot
-	e.mu.Lock()
-	still := e.snap.Load().Version == version
 	e.mu.Unlock()
-	if !still {
+	p.logins.WithLabelValues(e.name, resultClass(err)).Inc()
+	p.failures.WithLabelValues(e.name).Inc()
+
+	cur := e.snap.Load()
+	state := StateExpired
+	if cur.Valid(now, p.margin(cur)) {
+		state = StateFailing
+	}
+	p.publish(e, func(s *Snapshot) { s.State = state; s.LastError = err })
+	ev := log.Warn()
+	if state == StateExpired {
+		ev = log.Error()
+	}
+	ev.Err(err).Int("attempt", n).Stringer("retryIn", wait).Str("state", string(state)).Msg("login failed")
+	e.timer.Set(refresher.Refresh, refresher.RetryAt(now, wait, refused))
+	return &UnavailableError{Name: e.name, Reason: err, RetryAfter: wait}
+}
+
+func resultClass(err error) string {
+	if c := upstream.CodeOf(err); c != 0 {
+		return fmt.Sprintf("erply_%d", c)
+	}
+	var ue *upstream.Error
+	switch {
+	case errors.As(err, &ue) && ue.HTTPStatus != 0:
+		return fmt.Sprintf("http_%d", ue.HTTPStatus)
+	case errors.Is(err, upstream.ErrBadReply):
+		return "bad_reply"
+	case errors.Is(err, context.DeadlineExceeded), errors.Is(err, context.Canceled):
+		return "timeout"
+	case errors.As(err, &ue):
+		return "network"
+	}
+	return "config"
+}
+
+// Refresh is the refresh timer's event (refresher.Target): a scheduled
+// login, or the retry after a failure. A late timer is harmless: Get
+// checks expiry itself.
+func (e *entry) Refresh() {
+	p := e.p
+	if e.ctx.Err() != nil {
 		return
 	}
-	published = p.publish(e, func(s *Snapshot) { s.Session = &sess })
-	log.Info().Str("key", Fingerprint(sess.SessionKey)).Msg("JWTs renewed")
-	p.scheduleJWT(e, published)
-}
-
-// Update applies a reloaded configuration: added credentials log in, removed
-// ones are dropped (a final snapshot with Removed is published), changed ones
-// log in anew while their old session is still served, unchanged ones keep
-// their sessions without a login. It returns without waiting for the logins.
-func (p *Pool) Update(creds []config.Credential) {
-	want := map[string]config.Credential{}
-	for _, c := range creds {
-		want[c.Name] = c
+	s := e.snap.Load()
+	now := p.clk.Now()
+	e.mu.Lock()
+	nb, refused, cred := e.notBefore, e.refusedWith, e.cred
+	e.mu.Unlock()
+	if refused != "" && now.Before(nb) && secretFingerprint(cred) == refused {
+		// Still refused with the same secret: look again later.
+		next := now.Add(refresher.SecretPoll)
+		if nb.Before(next) {
+			next = nb
+		}
+		e.timer.Set(refresher.Refresh, next)
+		return
 	}
-	var relogin []*entry
-	p.mu.Lock()
-	var removed []*entry
-	for _, n := range p.order {
-		if _, ok := want[n]; !ok {
-			removed = append(removed, p.entries[n])
-			delete(p.entries, n)
+	// A credential made on its parent's session is refreshed by the
+	// parent's refresh when that comes first.
+	if s.Session != nil && cred.Parent != "" {
+		if parent := p.entry(cred.Parent); parent != nil {
+			parent.mu.Lock()
+			failing := parent.failures > 0
+			parent.mu.Unlock()
+			if at, ok := refresher.FollowParent(now, s.ExpiresAt, p.margin(s), parent.timer.Due(refresher.Refresh), failing); ok {
+				e.timer.Set(refresher.Refresh, at)
+				return
+			}
 		}
 	}
-	p.order = p.order[:0]
-	for _, c := range creds {
-		p.order = append(p.order, c.Name)
-	}
-	p.mu.Unlock()
-
-	for _, c := range creds {
-		e := p.entry(c.Name)
-		if e == nil {
-			// Re-added by name below; addEntry appends to order again, so undo that.
-			e = p.newEntry(c)
-			relogin = append(relogin, e)
-			continue
-		}
-		e.mu.Lock()
-		same := e.cred.Equal(c)
-		e.cred = c
-		e.mu.Unlock()
-		if !same {
-			p.publish(e, func(s *Snapshot) { s.AllowUIDs, s.AllowGIDs, s.Kind = c.AllowUIDs, c.AllowGIDs, string(c.Kind) })
-			relogin = append(relogin, e)
-		}
-	}
-	for _, e := range removed {
-		e.stopTimers()
-		p.publish(e, func(s *Snapshot) { s.Removed = true })
-		p.log.Info().Str("credential", e.name).Msg("credential removed by reload")
-	}
-	for _, e := range relogin {
-		p.loginInBackground(e, "reload")
-	}
+	_, _ = p.login(e.ctx, e, s.Version, whyScheduled, false)
 }
 
-// newEntry adds an entry for c without touching the order (Update set it).
-func (p *Pool) newEntry(c config.Credential) *entry {
-	e := p.addEntry(c)
-	p.mu.Lock()
-	p.order = p.order[:len(p.order)-1]
-	p.mu.Unlock()
-	return e
-}
-
+// loginInBackground starts a forced login (a parent's new session, a
+// reload, a changed secret) without waiting for it.
 func (p *Pool) loginInBackground(e *entry, why string) {
-	if !p.track() {
+	if !p.work.start() {
 		return
 	}
 	// The version is read now: if a caller's own login lands before this
@@ -275,32 +285,53 @@ func (p *Pool) loginInBackground(e *entry, why string) {
 	e.pending.Add(1)
 	p.bg.Add(1)
 	go func() {
-		defer p.wg.Done()
+		defer p.work.done()
 		defer p.bg.Done()
 		defer e.pending.Add(-1)
-		_, _ = p.login(p.ctx, e, version, why, true)
+		_, _ = p.login(e.ctx, e, version, why, true)
 	}()
 }
 
-// SecretsChanged is called after the secret files may have changed (SIGHUP):
-// a credential waiting out a refused login whose secret is now different
-// tries again at once. Others pick the new secret up at their next login.
-func (p *Pool) SecretsChanged() {
-	p.mu.RLock()
-	var retry []*entry
-	for _, n := range p.order {
-		e := p.entries[n]
-		e.mu.Lock()
-		if e.refusedWith != "" && secretFingerprint(e.cred) != e.refusedWith {
-			retry = append(retry, e)
-		}
-		e.mu.Unlock()
+// dropIfDead is called when a caller reported staleKey, the current key, and
+// the login that should have replaced it failed. It asks Erply about the key
+// (once, however many callers wait on that login) and, if Erply says it is
+// expired or unknown (as after a password change), stops serving it: the
+// credential becomes expired and callers get 503 with the login's error
+// instead of a key that cannot work. Any other answer keeps the key: a
+// report alone does not kill a key Erply may still accept.
+func (p *Pool) dropIfDead(ctx context.Context, e *entry, staleKey string) {
+	s := e.snap.Load()
+	if s.Session == nil || s.Session.SessionKey != staleKey || !s.Valid(p.clk.Now(), p.margin(s)) {
+		return
 	}
-	p.mu.RUnlock()
-	for _, e := range retry {
-		e.mu.Lock()
-		e.notBefore = time.Time{}
-		e.mu.Unlock()
-		p.loginInBackground(e, "secret changed")
+	ch := e.sf.DoChan("verify", func() (any, error) {
+		if !p.work.start() {
+			return nil, nil
+		}
+		defer p.work.done()
+		// Like a login, the check outlives a caller who gives up; Close ends it.
+		vctx, cancel := context.WithTimeout(e.ctx, p.opts.LoginTimeout)
+		defer cancel()
+		acct := upstream.Account{ClientCode: s.ClientCode, APIURL: s.APIURL}
+		_, err := p.opts.Upstream.GetSessionKeyInfo(vctx, acct, staleKey)
+		if cur := e.snap.Load(); !errors.Is(err, upstream.ErrSessionInvalid) || cur.Session == nil || cur.Session.SessionKey != staleKey {
+			return nil, nil
+		}
+		now := p.clk.Now()
+		dropped := false
+		p.publish(e, func(n *Snapshot) {
+			if n.Session != nil && n.Session.SessionKey == staleKey {
+				n.ExpiresAt, n.State, dropped = now, StateExpired, true
+			}
+		})
+		if dropped {
+			p.log.Warn().Str("credential", e.name).Str("key", Fingerprint(staleKey)).
+				Msg("Erply confirms the reported key is gone and no new one could be had: not serving it")
+		}
+		return nil, nil
+	})
+	select {
+	case <-ch:
+	case <-ctx.Done():
 	}
 }

@@ -17,6 +17,7 @@ import (
 
 	"github.com/erply-sessiond/erply-sessiond/clock"
 	"github.com/erply-sessiond/erply-sessiond/config"
+	"github.com/erply-sessiond/erply-sessiond/login"
 	"github.com/erply-sessiond/erply-sessiond/pool"
 	"github.com/erply-sessiond/erply-sessiond/refresher"
 	"github.com/erply-sessiond/erply-sessiond/upstream"
@@ -82,7 +83,7 @@ func (e *env) start(creds ...config.Credential) *pool.Pool {
 	rng := rand.New(rand.NewPCG(1, 2))
 	var mu sync.Mutex
 	policy.Float64 = func() float64 { mu.Lock(); defer mu.Unlock(); return rng.Float64() }
-	p, err := pool.New(pool.Options{
+	p, err := pool.New(pool.Options{MethodFor: login.Methods(client),
 		Upstream: client, Credentials: creds, Clock: e.clk, Policy: policy,
 		Logger:     zerolog.New(zerolog.NewTestWriter(e.t)).Level(zerolog.WarnLevel),
 		Registerer: e.reg,

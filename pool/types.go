@@ -1,9 +1,11 @@
 package pool
 
 import (
+	"context"
 	"errors"
 	"time"
 
+	"github.com/erply-sessiond/erply-sessiond/config"
 	"github.com/erply-sessiond/erply-sessiond/upstream"
 )
 
@@ -74,3 +76,41 @@ func (e *UnavailableError) Error() string {
 
 // Unwrap returns the reason.
 func (e *UnavailableError) Unwrap() error { return e.Reason }
+
+// Method makes a new session for a credential: one per way of logging in
+// (verifyUser, switchUser, verifyIdentityToken, verifyOAuthToken), chosen
+// for each credential when the pool is wired (Options.MethodFor), the way
+// Vault Agent keeps each auth method behind one interface. The pool never
+// looks at a credential's kind: it asks its Method.
+type Method interface {
+	// Login obtains a fresh session for cred. The returned session's
+	// SessionLength is its lifetime in seconds as Erply measured it (> 0).
+	// A credential made on top of another's session (a pin) gets it from
+	// sessions and reports that parent key in the Grant. The error never
+	// carries a secret.
+	Login(ctx context.Context, cred config.Credential, sessions Sessions) (Grant, error)
+}
+
+// Sessions is what a Method may ask of the pool: another credential's
+// session (a pin's parent), and compare-and-refresh of it when Erply says
+// it is dead.
+type Sessions interface {
+	Get(ctx context.Context, name string) (*Snapshot, error)
+	Invalidate(ctx context.Context, name, staleKey string) (*Snapshot, error)
+}
+
+// Grant is a new session on its way in: whatever made it (a login, a
+// session restored from disk, one adopted from a fleet, the one
+// changePassword returns), it is installed through one step.
+type Grant struct {
+	Session *upstream.Session
+	// Obtained is the local instant the session's lifetime was measured
+	// from (when the login began); zero means now.
+	Obtained time.Time
+	// ExpiresAt is the session's expiry on the local clock; zero means
+	// Obtained plus Session.SessionLength seconds.
+	ExpiresAt time.Time
+	// ParentKey is, for a session made on top of another credential's (a
+	// pin's switchUser), the parent session key it was made from.
+	ParentKey string
+}

@@ -21,6 +21,7 @@ import (
 
 	"github.com/erply-sessiond/erply-sessiond/clock"
 	"github.com/erply-sessiond/erply-sessiond/config"
+	"github.com/erply-sessiond/erply-sessiond/login"
 	"github.com/erply-sessiond/erply-sessiond/pool"
 	"github.com/erply-sessiond/erply-sessiond/proxy"
 	"github.com/erply-sessiond/erply-sessiond/refresher"
@@ -104,7 +105,7 @@ func newEnv(t testing.TB, cfg envConfig) *env {
 	var mu sync.Mutex
 	policy.Float64 = func() float64 { mu.Lock(); defer mu.Unlock(); return rng.Float64() }
 	reg := prometheus.NewRegistry()
-	p, err := pool.New(pool.Options{Upstream: client, Credentials: creds, Clock: clk, Policy: policy, Logger: logger})
+	p, err := pool.New(pool.Options{MethodFor: login.Methods(client), Upstream: client, Credentials: creds, Clock: clk, Policy: policy, Logger: logger})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -1,0 +1,110 @@
+package pool
+
+import (
+	"context"
+	"errors"
+	"time"
+
+	"github.com/erply-sessiond/erply-sessiond/refresher"
+	"github.com/erply-sessiond/erply-sessiond/upstream"
+)
+
+// Expire is the expiry timer's event (refresher.Target): the session has
+// entered its safety margin without being replaced, so readiness, metrics
+// and the listing show it expired even when nobody asks for the key.
+func (e *entry) Expire() {
+	p := e.p
+	cur := e.snap.Load()
+	if cur.Session == nil || cur.State == StateExpired || cur.Valid(p.clk.Now(), p.margin(cur)) {
+		return
+	}
+	key := cur.Session.SessionKey
+	expired := false
+	p.publish(e, func(s *Snapshot) {
+		if s.Session != nil && s.Session.SessionKey == key && s.State != StateExpired {
+			s.State, expired = StateExpired, true
+		}
+	})
+	if expired {
+		p.log.Warn().Str("credential", e.name).Str("key", Fingerprint(key)).Msg("session expired without a replacement")
+	}
+}
+
+// jwtRenewAt is when s's JWTs that would expire before the session are due
+// for renewal (zero: none).
+func (p *Pool) jwtRenewAt(s *Snapshot) (at time.Time) {
+	if s.Session == nil {
+		return at
+	}
+	return p.policy.JWTRenewAt(p.clk.Now(), s.ExpiresAt,
+		upstream.TokenExpiry(s.Session.Token), upstream.TokenExpiry(s.Session.IdentityToken))
+}
+
+// RenewJWT is the JWT timer's event (refresher.Target): fetch fresh JWTs
+// for the current session with getJwtToken / getIdentityToken (not a new
+// login) and publish them.
+func (e *entry) RenewJWT() {
+	p := e.p
+	if !p.work.start() {
+		return
+	}
+	defer p.work.done()
+	s := e.snap.Load()
+	if s.Session == nil || s.Removed {
+		return
+	}
+	if p.jwtRenewAt(s).IsZero() {
+		return // no JWT of this session expires before it does
+	}
+	ctx, cancel := context.WithTimeout(e.ctx, p.opts.LoginTimeout)
+	defer cancel()
+	acct := upstream.Account{ClientCode: s.ClientCode, APIURL: s.APIURL}
+	sess := *s.Session
+	var err error
+	if sess.Token != "" {
+		var j *upstream.JWT
+		if j, err = p.opts.Upstream.GetJwtToken(ctx, acct, sess.SessionKey); err == nil {
+			sess.Token = j.Token
+		}
+	}
+	if err == nil && sess.IdentityToken != "" {
+		var j *upstream.JWT
+		if j, err = p.opts.Upstream.GetIdentityToken(ctx, acct, sess.SessionKey); err == nil {
+			sess.IdentityToken = j.Token
+		}
+	}
+	log := p.log.With().Str("credential", e.name).Logger()
+	if err != nil {
+		if e.ctx.Err() != nil {
+			return
+		}
+		e.mu.Lock()
+		e.jwtFailures++
+		n := e.jwtFailures
+		e.mu.Unlock()
+		wait := p.policy.Backoff(err, n, p.clk.Now())
+		log.Warn().Err(err).Stringer("retryIn", wait).Msg("JWT renewal failed")
+		if errors.Is(err, upstream.ErrSessionInvalid) {
+			// The session itself is gone: a login replaces it (and its JWTs).
+			p.loginInBackground(e, whyJWTGone)
+			return
+		}
+		e.timer.Set(refresher.RenewJWT, p.clk.Now().Add(wait))
+		return
+	}
+	renewed := false
+	published := p.publish(e, func(n *Snapshot) {
+		// Only onto the session the JWTs were fetched for.
+		if n.Session != nil && n.Session.SessionKey == sess.SessionKey {
+			n.Session, renewed = &sess, true
+		}
+	})
+	if !renewed {
+		return
+	}
+	e.mu.Lock()
+	e.jwtFailures = 0
+	e.mu.Unlock()
+	log.Info().Str("key", Fingerprint(sess.SessionKey)).Msg("JWTs renewed")
+	e.timer.Set(refresher.RenewJWT, p.jwtRenewAt(published))
+}
