@@ -60,8 +60,17 @@ func (p *Pool) install(e *entry, g Grant, origin string) *Snapshot {
 	}
 	cred := e.cred
 	e.mu.Unlock()
-	p.logins.WithLabelValues(e.name, "ok").Inc()
+	lifetime := g.ExpiresAt.Sub(g.Obtained)
+	refreshAt := p.policy.RefreshAt(g.Obtained, g.ExpiresAt)
+	isLogin := isLoginTrigger(origin)
+	if isLogin {
+		p.logins.WithLabelValues(e.name, "ok").Inc()
+	}
 	snap := p.publish(e, func(s *Snapshot) {
+		if isLogin {
+			s.Logins++
+		}
+		s.RefreshAt = refreshAt
 		s.Session = g.Session
 		s.ExpiresAt = g.ExpiresAt
 		s.State = StateOK
@@ -72,13 +81,11 @@ func (p *Pool) install(e *entry, g Grant, origin string) *Snapshot {
 	if snap.Removed {
 		return snap
 	}
-	lifetime := g.ExpiresAt.Sub(g.Obtained)
-	refreshAt := p.policy.RefreshAt(g.Obtained, g.ExpiresAt)
 	e.timer.Set(refresher.Refresh, refreshAt)
 	e.timer.Set(refresher.Expire, p.policy.ExpireAt(g.ExpiresAt, lifetime))
 	e.timer.Set(refresher.RenewJWT, p.jwtRenewAt(snap))
 	msg := "logged in"
-	if !isLoginTrigger(origin) {
+	if !isLogin {
 		msg = "session installed"
 	}
 	p.log.Info().Str("credential", e.name).Str("kind", string(cred.Kind)).Str("trigger", origin).

@@ -207,13 +207,14 @@ func (p *Pool) failed(e *entry, err error, why string) error {
 	if cur.Valid(now, p.margin(cur)) {
 		state = StateFailing
 	}
-	p.publish(e, func(s *Snapshot) { s.State = state; s.LastError = err })
+	retryAt := refresher.RetryAt(now, wait, refused)
+	p.publish(e, func(s *Snapshot) { s.State, s.LastError, s.RefreshAt = state, err, retryAt })
 	ev := log.Warn()
 	if state == StateExpired {
 		ev = log.Error()
 	}
 	ev.Err(err).Int("attempt", n).Stringer("retryIn", wait).Str("state", string(state)).Msg("login failed")
-	e.timer.Set(refresher.Refresh, refresher.RetryAt(now, wait, refused))
+	e.timer.Set(refresher.Refresh, retryAt)
 	return &UnavailableError{Name: e.name, Reason: err, RetryAfter: wait}
 }
 

@@ -45,6 +45,12 @@ type Snapshot struct {
 	AllowGIDs []uint32
 	// Removed is set on the last snapshot of a credential dropped by a reload.
 	Removed bool
+	// RefreshAt is when the next login is due: the refresh point, or the
+	// retry after a failure (zero before the first attempt).
+	RefreshAt time.Time
+	// Logins counts the successful logins of this credential since the
+	// daemon started (sessions installed from elsewhere are not logins).
+	Logins uint64
 }
 
 // Valid reports whether the snapshot holds a session that stays valid for at
