@@ -276,7 +276,7 @@ func (s *Server) handleReadyz(w http.ResponseWriter, _ *http.Request) error {
 		if snap == nil {
 			continue
 		}
-		if !snap.Valid(now, s.marginOf(snap)) {
+		if !snap.Valid(now, s.sessions.MarginOf(snap)) {
 			body.Ready = false
 		}
 		body.Credentials[snap.Name] = readyCredential{State: string(stateAt(snap, now)), Error: errorText(snap.LastError)}
