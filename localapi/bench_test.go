@@ -24,7 +24,6 @@ func BenchmarkKeyRoute(b *testing.B) {
 		Sessions: fake,
 		Clock:    clock.Real{},
 		Logger:   zerolog.New(io.Discard).Level(zerolog.InfoLevel),
-		Margin:   time.Minute,
 	})
 	sock := filepath.Join(benchDir(b), "s.sock")
 	l, err := localapi.ListenUnix(sock, 0o660)

@@ -65,7 +65,7 @@ func (s *Server) render(snap *pool.Snapshot) *rendered {
 		return rd
 	}
 	rd.hasSession = true
-	rd.validUntil = snap.ExpiresAt.Add(-s.marginOf(snap))
+	rd.validUntil = snap.ExpiresAt.Add(-s.sessions.MarginOf(snap))
 	rd.key = line(sess.SessionKey)
 	rd.token = line(sess.Token)
 	rd.identityToken = line(sess.IdentityToken)

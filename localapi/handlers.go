@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"time"
 
+	"github.com/erply-sessiond/erply-sessiond/internal/answer"
 	"github.com/erply-sessiond/erply-sessiond/pool"
 	"github.com/erply-sessiond/erply-sessiond/srv"
 	"github.com/erply-sessiond/erply-sessiond/upstream"
@@ -164,7 +165,7 @@ func parseForm(r *http.Request) error {
 			return err
 		}
 		// The parser's message may quote the body: keep it out.
-		return newError(http.StatusBadRequest, "bad_request", "unreadable form body or query")
+		return answer.New(http.StatusBadRequest, "bad_request", "unreadable form body or query")
 	}
 	return nil
 }
@@ -276,7 +277,7 @@ func (s *Server) handleReadyz(w http.ResponseWriter, _ *http.Request) error {
 		if snap == nil {
 			continue
 		}
-		if !snap.Valid(now, s.marginOf(snap)) {
+		if !snap.Valid(now, s.sessions.MarginOf(snap)) {
 			body.Ready = false
 		}
 		body.Credentials[snap.Name] = readyCredential{State: string(stateAt(snap, now)), Error: errorText(snap.LastError)}

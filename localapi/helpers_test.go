@@ -95,6 +95,11 @@ func (f *fakeSessions) Subscribe(fn func(*pool.Snapshot)) func() {
 	}
 }
 
+// fakeMargin is the fake pool's expiry margin for every snapshot.
+const fakeMargin = 60 * time.Second
+
+func (f *fakeSessions) MarginOf(*pool.Snapshot) time.Duration { return fakeMargin }
+
 func (f *fakeSessions) snapshot(name string) *pool.Snapshot {
 	f.mu.Lock()
 	defer f.mu.Unlock()
@@ -204,7 +209,6 @@ func start(t testing.TB, fake *fakeSessions, su setup) *harness {
 		Logger:     zerolog.New(w).Level(zerolog.DebugLevel),
 		Registerer: h.reg,
 		Gatherer:   h.reg,
-		Margin:     60 * time.Second,
 	}
 	if su.opts != nil {
 		su.opts(&opts)

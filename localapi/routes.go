@@ -6,6 +6,8 @@ import (
 	"sync"
 
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/erply-sessiond/erply-sessiond/internal/answer"
 )
 
 // route is one registered pattern with what applies to it.
@@ -58,16 +60,16 @@ func (rt *route) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		if ci := peerOf(r.Context()); ci.tcp {
 			switch {
 			case !rt.s.tcpSessions:
-				writeError(w, errTCPNotFound, rt.text)
+				answer.Write(w, errTCPNotFound, rt.text)
 				return
 			case r.Header.Get(RequestHeader) != "1":
-				writeError(w, errMissingHeader, rt.text)
+				answer.Write(w, errMissingHeader, rt.text)
 				return
 			}
 		}
 	}
 	if err := rt.h(w, r); err != nil {
-		writeError(w, err, rt.text)
+		answer.Write(w, err, rt.text)
 	}
 }
 
@@ -141,7 +143,7 @@ func (w *recorder) WriteHeader(status int) {
 		if status == http.StatusMethodNotAllowed {
 			err = errMethod
 		}
-		writeError(w.ResponseWriter, err, false) // keeps the Allow header the mux set
+		answer.Write(w.ResponseWriter, err, false) // keeps the Allow header the mux set
 		return
 	}
 	w.ResponseWriter.WriteHeader(status)

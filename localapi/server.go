@@ -38,6 +38,11 @@ type Sessions interface {
 	// quick) with every new snapshot of any credential, including a final one
 	// with Removed=true; cancel stops it.
 	Subscribe(f func(*pool.Snapshot)) (cancel func())
+	// MarginOf is the expiry margin of s: a pre-rendered key is served only
+	// while now+MarginOf(s) is before its expiry, otherwise the request goes
+	// to Get. Asking the pool keeps the API and the pool agreed on the margin
+	// of short sessions.
+	MarginOf(s *pool.Snapshot) time.Duration
 }
 
 // ReloadStatus is the outcome of the last configuration reload, shown in /readyz.
@@ -82,14 +87,10 @@ type Options struct {
 	// also a Gatherer, it is used for both.
 	Registerer prometheus.Registerer
 	Gatherer   prometheus.Gatherer
-	// Margin is the expiry margin: a pre-rendered key is served only while
-	// now+Margin is before its expiry; otherwise the request goes to
-	// Sessions.Get. MarginOf, when set, replaces it per snapshot; when
-	// MarginOf is nil and Sessions has a method
-	// MarginOf(*pool.Snapshot) time.Duration (as *pool.Pool does), that method
-	// is used, so the API and the pool agree on the margin of short sessions.
-	Margin   time.Duration
-	MarginOf func(*pool.Snapshot) time.Duration
+	// Margin is not used: the margin is Sessions.MarginOf.
+	//
+	// Deprecated: kept only until the daemon's wiring stops setting it.
+	Margin time.Duration
 	// EndpointCooldown is how long an endpoint reported down is ordered last
 	// (DefaultEndpointCooldown when zero).
 	EndpointCooldown time.Duration
@@ -118,7 +119,6 @@ type Server struct {
 	sessions    Sessions
 	clk         clock.Clock
 	log         zerolog.Logger
-	marginOf    func(*pool.Snapshot) time.Duration
 	intn        func(int) int
 	tcpSessions bool
 	lastReload  func() *ReloadStatus
@@ -160,19 +160,6 @@ func New(opts Options) *Server {
 	}
 	if s.clk == nil {
 		s.clk = clock.Real{}
-	}
-	switch {
-	case opts.MarginOf != nil:
-		s.marginOf = opts.MarginOf
-	default:
-		if m, ok := opts.Sessions.(interface {
-			MarginOf(*pool.Snapshot) time.Duration
-		}); ok {
-			s.marginOf = m.MarginOf
-		} else {
-			margin := opts.Margin
-			s.marginOf = func(*pool.Snapshot) time.Duration { return margin }
-		}
 	}
 	if opts.PeerCred != nil {
 		f := opts.PeerCred

@@ -161,39 +161,24 @@ func TestHotPathFallsBackInsideMargin(t *testing.T) {
 	expect(t, h.get("/v1/sessions/pos/key"), 404, textType, "error: unknown credential\n")
 }
 
-// marginSessions is a pool that states its own margin, as *pool.Pool does.
+// marginSessions is a pool whose margin is 10 s, as *pool.Pool states for
+// a 60 s session (a sixth of its lifetime).
 type marginSessions struct{ *fakeSessions }
 
 func (marginSessions) MarginOf(*pool.Snapshot) time.Duration { return 10 * time.Second }
 
-func TestMarginOfOverridesMargin(t *testing.T) {
-	// A 60 s session whose margin is 10 s (a sixth of its lifetime), while
-	// Options.Margin says 60 s.
-	for _, tc := range []struct {
-		name string
-		opts func(*localapi.Options)
-	}{
-		{"option", func(o *localapi.Options) {
-			o.MarginOf = func(*pool.Snapshot) time.Duration { return 10 * time.Second }
-		}},
-		{"pool method", func(o *localapi.Options) {
-			o.Sessions = marginSessions{o.Sessions.(*fakeSessions)}
-		}},
-	} {
-		t.Run(tc.name, func(t *testing.T) {
-			fake := newFake(snapshot("pos", "SHORT", t0.Add(60*time.Second), 1))
-			h := start(t, fake, setup{opts: tc.opts})
-			h.clk.Advance(45 * time.Second)
-			expect(t, h.get("/v1/sessions/pos/key"), 200, textType, "SHORT\n")
-			if n := fake.gets.Load(); n != 0 {
-				t.Errorf("Get called %d times, want 0: 15 s left is outside a 10 s margin", n)
-			}
-			h.clk.Advance(6 * time.Second)
-			h.get("/v1/sessions/pos/key")
-			if n := fake.gets.Load(); n != 1 {
-				t.Errorf("Get called %d times, want 1: 9 s left is inside a 10 s margin", n)
-			}
-		})
+func TestMarginComesFromSessions(t *testing.T) {
+	fake := newFake(snapshot("pos", "SHORT", t0.Add(60*time.Second), 1))
+	h := start(t, fake, setup{opts: func(o *localapi.Options) { o.Sessions = marginSessions{fake} }})
+	h.clk.Advance(45 * time.Second)
+	expect(t, h.get("/v1/sessions/pos/key"), 200, textType, "SHORT\n")
+	if n := fake.gets.Load(); n != 0 {
+		t.Errorf("Get called %d times, want 0: 15 s left is outside a 10 s margin", n)
+	}
+	h.clk.Advance(6 * time.Second)
+	h.get("/v1/sessions/pos/key")
+	if n := fake.gets.Load(); n != 1 {
+		t.Errorf("Get called %d times, want 1: 9 s left is inside a 10 s margin", n)
 	}
 }
 
@@ -479,7 +464,7 @@ func TestShutdown(t *testing.T) {
 	}
 	dir := shortDir(t)
 	sock := filepath.Join(dir, "s.sock")
-	srv := localapi.New(localapi.Options{Sessions: fake, Clock: clock.NewFake(t0), Margin: time.Minute})
+	srv := localapi.New(localapi.Options{Sessions: fake, Clock: clock.NewFake(t0)})
 	if fake.subscribers() != 1 {
 		t.Fatalf("New left %d subscriptions, want 1", fake.subscribers())
 	}

@@ -114,7 +114,7 @@ func newEnv(t testing.TB, cfg envConfig) *env {
 		t.Fatal(err)
 	}
 
-	opts := proxy.Options{Sessions: p, Clock: clk, Logger: logger, Registerer: reg}
+	opts := proxy.Options{Sessions: p, Upstream: client, Clock: clk, Logger: logger, Registerer: reg}
 	if cfg.tune != nil {
 		cfg.tune(&opts)
 	}

@@ -7,6 +7,8 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"golang.org/x/sync/semaphore"
+
+	"github.com/erply-sessiond/erply-sessiond/internal/answer"
 )
 
 // pauseReason says which Erply limit paused a client code.
@@ -81,7 +83,7 @@ func (l *limiter) paused(now time.Time) (time.Duration, pauseReason) {
 }
 
 // pausedError is the answer while lim is paused, nil when it is not.
-func (p *Proxy) pausedError(lim *limiter) *proxyError {
+func (p *Proxy) pausedError(lim *limiter) *answer.Error {
 	left, why := lim.paused(p.clk.Now())
 	if left <= 0 {
 		return nil
@@ -91,7 +93,7 @@ func (p *Proxy) pausedError(lim *limiter) *proxyError {
 
 // acquire takes an upstream slot, waiting in line (first come, first
 // served) up to QueueWait on the proxy's clock and never past ctx.
-func (p *Proxy) acquire(ctx context.Context, lim *limiter) *proxyError {
+func (p *Proxy) acquire(ctx context.Context, lim *limiter) *answer.Error {
 	if !lim.sem.TryAcquire(1) {
 		wctx, cancel := context.WithCancel(ctx)
 		t := p.clk.AfterFunc(p.queueWait, cancel)

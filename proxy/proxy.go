@@ -6,7 +6,6 @@ import (
 	"errors"
 	"io"
 	"mime"
-	"net"
 	"net/http"
 	"net/url"
 	"strconv"
@@ -18,6 +17,7 @@ import (
 	"github.com/rs/zerolog"
 
 	"github.com/erply-sessiond/erply-sessiond/clock"
+	"github.com/erply-sessiond/erply-sessiond/internal/answer"
 	"github.com/erply-sessiond/erply-sessiond/pool"
 	"github.com/erply-sessiond/erply-sessiond/upstream"
 )
@@ -28,11 +28,8 @@ const (
 	DefaultMaxBody     = 1 << 20
 	DefaultMaxReply    = 32 << 20
 	DefaultQueueWait   = 30 * time.Second
-
-	// Timeouts of the default HTTP client.
-	DefaultDialTimeout           = 10 * time.Second
-	DefaultResponseHeaderTimeout = 60 * time.Second
-	DefaultRequestTimeout        = 90 * time.Second
+	// DefaultRequestTimeout bounds one upstream request, its reply included.
+	DefaultRequestTimeout = 90 * time.Second
 
 	// MinRateLimitPause is the least pause after an HTTP 429 from Erply.
 	MinRateLimitPause = 10 * time.Second
@@ -46,23 +43,35 @@ type Sessions interface {
 	// Invalidate is compare-and-refresh: it replaces the session only if
 	// staleKey is still current, and returns the session to use now.
 	Invalidate(ctx context.Context, name, staleKey string) (*pool.Snapshot, error)
+	// Snapshot returns the credential's latest snapshot without waiting for
+	// a login, and false for a name that is not configured. Requests
+	// rejected before their session is fetched are counted under their
+	// credential when it is configured, else under credential="" (names
+	// that are not known never become metric labels).
+	Snapshot(name string) (*pool.Snapshot, bool)
 }
 
-// knower is implemented by *pool.Pool: it tells, without waiting for a login,
-// whether a name is configured.
-type knower interface {
-	Snapshot(name string) (*pool.Snapshot, bool)
+// Upstream sends the proxied calls; *upstream.Client implements it, so
+// that proxied calls and logins take one path to Erply: one request
+// builder, one User-Agent, one set of connections.
+type Upstream interface {
+	// Post sends form (which names its request) to acct's API URL with
+	// clientCode and sendContentType=1 added, and returns the reply unread;
+	// an error means no reply and never quotes the URL.
+	Post(ctx context.Context, acct upstream.Account, form url.Values) (*http.Response, error)
+	// CloseIdleConnections closes the connections kept alive for reuse.
+	CloseIdleConnections()
 }
 
 // Options configure a Proxy. Sessions is required; every other zero field
 // takes its default.
 type Options struct {
-	// Sessions supplies the sessions. If it also has the method
-	// Snapshot(name) (*pool.Snapshot, bool), as *pool.Pool does, requests
-	// rejected before their session is fetched are counted under their
-	// credential; otherwise under credential="" (names that are not known
-	// never become metric labels).
+	// Sessions supplies the sessions.
 	Sessions Sessions
+	// Upstream sends the calls to Erply: the daemon passes the client that
+	// logs in. When nil, an upstream.Client with HTTPClient and default
+	// settings is made.
+	Upstream Upstream
 	// Clock is the time source (default clock.Real): pauses after 1002/429
 	// and the wait for a free slot are measured on it.
 	Clock clock.Clock
@@ -74,13 +83,15 @@ type Options struct {
 	// Concurrency is the most upstream requests in flight at once per client
 	// code (default DefaultConcurrency).
 	Concurrency int
-	// HTTPClient sends the upstream requests. Default: a client with
-	// DefaultDialTimeout, DefaultResponseHeaderTimeout and
-	// DefaultRequestTimeout that honours HTTPS_PROXY and asks Erply for gzip
-	// (decoded before the caller sees it). Redirects are never followed (a
-	// redirected POST would carry the session key elsewhere) unless the
-	// client has its own CheckRedirect.
+	// HTTPClient is the HTTP client of the upstream.Client made when
+	// Upstream is nil (see upstream.Options.HTTPClient); ignored otherwise.
+	//
+	// Deprecated: set Upstream, so that proxied calls carry the daemon's
+	// User-Agent and share the logins' connections.
 	HTTPClient *http.Client
+	// RequestTimeout bounds one upstream request, its reply included
+	// (default DefaultRequestTimeout, and never past the caller's deadline).
+	RequestTimeout time.Duration
 	// MaxBody limits a caller's request body (default DefaultMaxBody); a
 	// larger one gets 413 body_too_large.
 	MaxBody int64
@@ -127,10 +138,10 @@ type Options struct {
 //     no_valid_session. Errors are JSON {"error","message","erplyCode"}.
 type Proxy struct {
 	sessions    Sessions
-	known       knower // nil if Sessions cannot tell
+	up          Upstream
 	clk         clock.Clock
 	log         zerolog.Logger
-	hc          *http.Client
+	timeout     time.Duration
 	concurrency int64
 	maxBody     int64
 	maxReply    int64
@@ -154,8 +165,10 @@ func New(opts Options) *Proxy {
 	}
 	p := &Proxy{
 		sessions:    opts.Sessions,
+		up:          opts.Upstream,
 		clk:         opts.Clock,
 		log:         opts.Logger.With().Str("component", "proxy").Logger(),
+		timeout:     opts.RequestTimeout,
 		concurrency: int64(opts.Concurrency),
 		maxBody:     opts.MaxBody,
 		maxReply:    opts.MaxReply,
@@ -163,7 +176,12 @@ func New(opts Options) *Proxy {
 		metrics:     newMetrics(),
 		limits:      make(map[string]*limiter),
 	}
-	p.known, _ = opts.Sessions.(knower)
+	if p.up == nil {
+		p.up = upstream.New(upstream.Options{HTTPClient: opts.HTTPClient, Logger: opts.Logger})
+	}
+	if p.timeout <= 0 {
+		p.timeout = DefaultRequestTimeout
+	}
 	if p.clk == nil {
 		p.clk = clock.Real{}
 	}
@@ -179,34 +197,14 @@ func New(opts Options) *Proxy {
 	if p.queueWait <= 0 {
 		p.queueWait = DefaultQueueWait
 	}
-	if opts.HTTPClient == nil {
-		p.hc = defaultClient(int(p.concurrency))
-	} else {
-		hc := *opts.HTTPClient
-		p.hc = &hc
-	}
-	if p.hc.CheckRedirect == nil {
-		p.hc.CheckRedirect = func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }
-	}
 	if opts.Registerer != nil {
 		p.metrics.register(opts.Registerer)
 	}
 	return p
 }
 
-func defaultClient(concurrency int) *http.Client {
-	// A clone of the default transport honours HTTPS_PROXY as the upstream client does.
-	tr := http.DefaultTransport.(*http.Transport).Clone()
-	tr.DialContext = (&net.Dialer{Timeout: DefaultDialTimeout, KeepAlive: 30 * time.Second}).DialContext
-	tr.TLSHandshakeTimeout = DefaultDialTimeout
-	tr.ResponseHeaderTimeout = DefaultResponseHeaderTimeout
-	// Every slot can keep its connection: Erply is one host per client code.
-	tr.MaxIdleConnsPerHost = concurrency
-	return &http.Client{Transport: tr, Timeout: DefaultRequestTimeout}
-}
-
 // CloseIdleConnections closes the upstream connections kept alive for reuse.
-func (p *Proxy) CloseIdleConnections() { p.hc.CloseIdleConnections() }
+func (p *Proxy) CloseIdleConnections() { p.up.CloseIdleConnections() }
 
 // exchange is one caller's request as it goes through the proxy, with what
 // is reported about it.
@@ -241,10 +239,8 @@ const (
 func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	start := p.clk.Now()
 	ex := &exchange{name: r.PathValue("name"), request: labelOther}
-	if p.known != nil {
-		if _, ok := p.known.Snapshot(ex.name); ok {
-			ex.credential = ex.name
-		}
+	if _, ok := p.sessions.Snapshot(ex.name); ok {
+		ex.credential = ex.name
 	}
 	p.serve(w, r, ex)
 
@@ -275,7 +271,7 @@ func (p *Proxy) serve(w http.ResponseWriter, r *http.Request, ex *exchange) {
 	ctx := r.Context()
 	snap, err := p.sessions.Get(ctx, ex.name)
 	if err != nil {
-		p.fail(w, ex, sessionError(err))
+		p.fail(w, ex, err)
 		return
 	}
 	ex.credential = ex.name
@@ -300,13 +296,8 @@ func (p *Proxy) serve(w http.ResponseWriter, r *http.Request, ex *exchange) {
 		return
 	}
 
-	out := make(url.Values, len(form)+3)
-	for k, v := range form {
-		out[k] = v
-	}
-	out.Set("sendContentType", "1")
 	for {
-		reply, perr := p.send(ctx, snap, out)
+		reply, perr := p.send(ctx, snap, form)
 		if perr != nil {
 			p.fail(w, ex, perr)
 			return
@@ -317,7 +308,7 @@ func (p *Proxy) serve(w http.ResponseWriter, r *http.Request, ex *exchange) {
 			p.metrics.retries.WithLabelValues(ex.name).Inc()
 			snap, err = p.sessions.Invalidate(ctx, ex.name, snap.Session.SessionKey)
 			if err != nil {
-				p.fail(w, ex, sessionError(err))
+				p.fail(w, ex, err)
 				return
 			}
 			if snap == nil || snap.Session == nil || snap.Session.SessionKey == "" {
@@ -338,7 +329,7 @@ func (p *Proxy) serve(w http.ResponseWriter, r *http.Request, ex *exchange) {
 
 // readForm checks the caller's request and parses its body. It returns the
 // form, if it could be parsed, also with an error.
-func (p *Proxy) readForm(w http.ResponseWriter, r *http.Request) (url.Values, *proxyError) {
+func (p *Proxy) readForm(w http.ResponseWriter, r *http.Request) (url.Values, *answer.Error) {
 	if r.Method != http.MethodPost {
 		w.Header().Set("Allow", http.MethodPost)
 		return nil, errMethod
@@ -353,7 +344,7 @@ func (p *Proxy) readForm(w http.ResponseWriter, r *http.Request) (url.Values, *p
 		}
 	}
 	if r.ContentLength > p.maxBody {
-		return nil, bodyTooLarge(p.maxBody)
+		return nil, answer.BodyTooLarge(p.maxBody)
 	}
 	var body []byte
 	if r.Body != nil {
@@ -362,7 +353,7 @@ func (p *Proxy) readForm(w http.ResponseWriter, r *http.Request) (url.Values, *p
 		if err != nil {
 			var tooLarge *http.MaxBytesError
 			if errors.As(err, &tooLarge) {
-				return nil, bodyTooLarge(tooLarge.Limit)
+				return nil, answer.BodyTooLarge(tooLarge.Limit)
 			}
 			return nil, errReadBody
 		}
@@ -395,27 +386,22 @@ func sessionField(k string) string {
 	return ""
 }
 
-// send makes one upstream request with snap's session and reads the start
-// of the reply.
-func (p *Proxy) send(ctx context.Context, snap *pool.Snapshot, form url.Values) (*reply, *proxyError) {
-	form.Set("clientCode", snap.ClientCode)
+// send makes one upstream request with snap's session, bounded by the
+// request timeout, and reads the start of the reply.
+func (p *Proxy) send(ctx context.Context, snap *pool.Snapshot, form url.Values) (*reply, *answer.Error) {
 	form.Set("sessionKey", snap.Session.SessionKey)
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, snap.APIURL, strings.NewReader(form.Encode()))
+	ctx, cancel := context.WithTimeout(ctx, p.timeout)
+	resp, err := p.up.Post(ctx, upstream.Account{ClientCode: snap.ClientCode, APIURL: snap.APIURL}, form)
 	if err != nil {
-		return nil, upstreamError(errors.New("invalid API URL"))
+		cancel()
+		return nil, upstreamError(err)
 	}
-	req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
-	req.Header.Set("User-Agent", "erply-sessiond")
-	resp, err := p.hc.Do(req)
-	if err != nil {
-		return nil, upstreamError(transportCause(err))
-	}
-	rep := &reply{resp: resp, body: &trackedReader{r: resp.Body}}
+	rep := &reply{resp: resp, body: &trackedReader{r: resp.Body}, cancel: cancel}
 	if resp.StatusCode >= 200 && resp.StatusCode < 300 {
 		rep.head, rep.status = inspect(rep.body, p.maxReply)
 		if rep.body.err != nil {
-			resp.Body.Close()
-			return nil, upstreamError(transportCause(rep.body.err))
+			rep.close()
+			return nil, upstreamError(rep.body.err)
 		}
 	}
 	return rep, nil
@@ -453,7 +439,7 @@ func (p *Proxy) pause(lim *limiter, clientCode string, now time.Time, d time.Dur
 // relay writes Erply's reply to the caller: status, the headers that
 // matter, and the body bytes as received.
 func (p *Proxy) relay(w http.ResponseWriter, ex *exchange, rep *reply) {
-	defer rep.resp.Body.Close()
+	defer rep.close()
 	resp := rep.resp
 	ex.status = resp.StatusCode
 	switch {
@@ -495,12 +481,3 @@ var relayedHeaders = []string{"Content-Type", "Content-Encoding", "Retry-After"}
 
 // codeUnknownRequest is Erply's "no such API call".
 const codeUnknownRequest = 1005
-
-// transportCause strips *url.Error, whose message quotes the URL.
-func transportCause(err error) error {
-	var ue *url.Error
-	if errors.As(err, &ue) {
-		return ue.Err
-	}
-	return err
-}

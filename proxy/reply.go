@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
 	"errors"
 	"io"
@@ -19,6 +20,7 @@ type reply struct {
 	head   []byte
 	body   *trackedReader
 	status replyStatus
+	cancel context.CancelFunc // ends the request's timeout
 }
 
 // sessionInvalid reports whether Erply refused the session key (1054/1055).
@@ -30,7 +32,13 @@ func (r *reply) sessionInvalid() bool {
 // is left so that the connection can be reused.
 func (r *reply) discard() {
 	_, _ = io.CopyN(io.Discard, r.resp.Body, 4<<10)
+	r.close()
+}
+
+// close closes the reply's body and ends its request.
+func (r *reply) close() {
 	r.resp.Body.Close()
+	r.cancel()
 }
 
 // trackedReader remembers the first read error other than io.EOF, so that a

@@ -6,9 +6,12 @@ import (
 	"context"
 	"net/http"
 	"net/http/httptest"
+	"net/url"
+	"reflect"
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/rs/zerolog"
 
@@ -42,6 +45,12 @@ func (s *stubSessions) Get(context.Context, string) (*pool.Snapshot, error) {
 	return s.snap, nil
 }
 
+func (s *stubSessions) Snapshot(name string) (*pool.Snapshot, bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.snap, name == s.snap.Name
+}
+
 func (s *stubSessions) Invalidate(_ context.Context, _, staleKey string) (*pool.Snapshot, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -52,10 +61,14 @@ func (s *stubSessions) Invalidate(_ context.Context, _, staleKey string) (*pool.
 	return s.snap, nil
 }
 
-// stubProxy serves a proxy over sessions behind the route and returns a
-// function that posts form to it.
-func stubProxy(t *testing.T, sessions proxy.Sessions) func(form string) answer {
-	px := proxy.New(proxy.Options{Sessions: sessions, Logger: zerolog.New(zerolog.NewTestWriter(t))})
+// stubProxy serves a proxy over sessions, with its options tuned, behind
+// the route and returns a function that posts form to it.
+func stubProxy(t *testing.T, sessions proxy.Sessions, tune ...func(*proxy.Options)) func(form string) answer {
+	opts := proxy.Options{Sessions: sessions, Logger: zerolog.New(zerolog.NewTestWriter(t))}
+	for _, f := range tune {
+		f(&opts)
+	}
+	px := proxy.New(opts)
 	mux := http.NewServeMux()
 	mux.Handle("POST /v1/sessions/{name}/api", px)
 	srv := httptest.NewServer(mux)
@@ -166,4 +179,52 @@ func TestProxyDoesNotFollowRedirects(t *testing.T) {
 	if elsewhere != 0 {
 		t.Errorf("the session key was sent to the redirect target %d times", elsewhere)
 	}
+}
+
+// TestProxySendsThroughTheUpstreamClient: a proxied call leaves through the
+// client that logs in, with its User-Agent (the daemon's version), the form
+// content type, and the client code and session added to the caller's
+// fields.
+func TestProxySendsThroughTheUpstreamClient(t *testing.T) {
+	type seen struct {
+		userAgent, contentType string
+		form                   url.Values
+	}
+	got := make(chan seen, 1)
+	up := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		_ = r.ParseForm()
+		got <- seen{r.Header.Get("User-Agent"), r.Header.Get("Content-Type"), r.PostForm}
+		_, _ = w.Write([]byte(`{"status":{"responseStatus":"ok","errorCode":0},"records":[]}`))
+	}))
+	t.Cleanup(up.Close)
+	client := upstream.New(upstream.Options{UserAgent: "erply-sessiond/1.2.3"})
+	post := stubProxy(t, newStubSessions(up.URL+"/api/", "k1"), func(o *proxy.Options) { o.Upstream = client })
+
+	if a := post(getProducts + "&pageNo=2"); a.status != 200 {
+		t.Fatalf("caller got %s, want Erply's 200", a)
+	}
+	s := await(t, got, "the proxied request")
+	if s.userAgent != "erply-sessiond/1.2.3" || s.contentType != "application/x-www-form-urlencoded" {
+		t.Errorf("User-Agent %q, Content-Type %q; want the upstream client's", s.userAgent, s.contentType)
+	}
+	want := url.Values{"request": {"getProducts"}, "pageNo": {"2"}, "clientCode": {"104729"},
+		"sessionKey": {"k1"}, "sendContentType": {"1"}}
+	if !reflect.DeepEqual(s.form, want) {
+		t.Errorf("Erply got %v, want %v", s.form, want)
+	}
+}
+
+// TestProxyRequestTimeout: an Erply that never answers holds a caller for
+// RequestTimeout, then the caller gets 502 upstream_unreachable.
+func TestProxyRequestTimeout(t *testing.T) {
+	var g *gate
+	up := httptest.NewServer(http.HandlerFunc(func(http.ResponseWriter, *http.Request) { g.wait() }))
+	t.Cleanup(up.Close)
+	g = newGate(t) // opened at cleanup before up.Close, which waits for the handler
+	post := stubProxy(t, newStubSessions(up.URL+"/api/", "k1"), func(o *proxy.Options) { o.RequestTimeout = time.Millisecond })
+
+	answers := make(chan answer, 1)
+	go func() { answers <- post(getProducts) }()
+	a := await(t, answers, "an answer after the request timeout")
+	wantError(t, a, http.StatusBadGateway, "upstream_unreachable", "")
 }

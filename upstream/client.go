@@ -31,17 +31,29 @@ const (
 	DefaultRateLimitWait = 10 * time.Second
 	DefaultMaxReplyBytes = 4 << 20
 	DefaultUserAgent     = "erply-sessiond"
-	// DefaultAttemptTimeout bounds one HTTP attempt of the default HTTP client,
-	// so that a call without a deadline cannot hang for ever.
+	// DefaultAttemptTimeout bounds one HTTP attempt of Call with the default
+	// HTTP client, so that a call without a deadline cannot hang for ever.
 	DefaultAttemptTimeout = 30 * time.Second
+	// DefaultDialTimeout and DefaultResponseHeaderTimeout bound connecting
+	// (TLS included) and waiting for a reply's header on the default
+	// transport, for Call and Post alike.
+	DefaultDialTimeout           = 10 * time.Second
+	DefaultResponseHeaderTimeout = 60 * time.Second
+	// DefaultMaxIdleConnsPerHost keeps a connection for each request Erply
+	// takes at once from one IP (about 10); each client code is one host.
+	DefaultMaxIdleConnsPerHost = 10
 )
 
 // Options configure a Client. The zero value of every field picks its default.
 type Options struct {
-	// HTTPClient sends the requests. Default: a pooled client with a
-	// DefaultAttemptTimeout per attempt. A client without a CheckRedirect
-	// policy gets one that does not follow redirects: a redirected POST would
-	// carry a password to wherever the redirect points.
+	// HTTPClient sends the requests of Call and Post. Default: a pooled
+	// client (HTTPS_PROXY honoured, gzip asked for and decoded) with
+	// DefaultDialTimeout, DefaultResponseHeaderTimeout,
+	// DefaultMaxIdleConnsPerHost and a DefaultAttemptTimeout per attempt of
+	// Call. Its Timeout bounds one attempt of Call; Post ignores it. A client
+	// without a CheckRedirect policy gets one that does not follow redirects:
+	// a redirected POST would carry a password or a session key to wherever
+	// the redirect points.
 	HTTPClient *http.Client
 	// Logger gets one debug line per call and per retry; never a form value.
 	Logger zerolog.Logger
@@ -61,7 +73,8 @@ type Options struct {
 	// Registerer, when set, gets the histogram
 	// erply_sessiond_upstream_request_duration_seconds{request,result}.
 	Registerer prometheus.Registerer
-	// UserAgent is sent with every request (default "erply-sessiond").
+	// UserAgent is sent with every request, Call's and Post's (default
+	// "erply-sessiond"); the daemon adds its version.
 	UserAgent string
 	// Clock is the local clock: it times calls and stands in for Erply's
 	// clock where a reply does not carry it (default the system clock).
@@ -71,6 +84,7 @@ type Options struct {
 // Client calls the Erply API. It is safe for concurrent use; make it with New.
 type Client struct {
 	http          *http.Client
+	post          *http.Client // http without its per-attempt Timeout
 	log           zerolog.Logger
 	retryMax      int
 	waitMin       time.Duration
@@ -98,8 +112,7 @@ func New(opts Options) *Client {
 		clock:         opts.Clock,
 	}
 	if opts.HTTPClient == nil {
-		c.http = cleanhttp.DefaultPooledClient()
-		c.http.Timeout = DefaultAttemptTimeout
+		c.http = defaultHTTPClient()
 	} else {
 		hc := *opts.HTTPClient
 		c.http = &hc
@@ -107,6 +120,9 @@ func New(opts Options) *Client {
 	if c.http.CheckRedirect == nil {
 		c.http.CheckRedirect = func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }
 	}
+	post := *c.http
+	post.Timeout = 0
+	c.post = &post
 	switch {
 	case c.retryMax == 0:
 		c.retryMax = DefaultRetryMax
@@ -138,11 +154,20 @@ func New(opts Options) *Client {
 	return c
 }
 
+func defaultHTTPClient() *http.Client {
+	tr := cleanhttp.DefaultPooledTransport()
+	tr.DialContext = (&net.Dialer{Timeout: DefaultDialTimeout, KeepAlive: 30 * time.Second}).DialContext
+	tr.TLSHandshakeTimeout = DefaultDialTimeout
+	tr.ResponseHeaderTimeout = DefaultResponseHeaderTimeout
+	tr.MaxIdleConnsPerHost = DefaultMaxIdleConnsPerHost
+	return &http.Client{Transport: tr, Timeout: DefaultAttemptTimeout}
+}
+
 func registerHistogram(reg prometheus.Registerer) *prometheus.HistogramVec {
 	h := prometheus.NewHistogramVec(prometheus.HistogramOpts{
 		Name: "erply_sessiond_upstream_request_duration_seconds",
 		Help: "Duration of Erply API calls, retries included, by request name and result " +
-			`("ok", "erply_<code>", "http_<status>", "network", "bad_reply", "bad_request", "canceled", "timeout").`,
+			`("ok", "erply_<code>", "http_<status>", "bad_reply", "canceled", "timeout", "network", "config").`,
 		Buckets: []float64{0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60},
 	}, []string{"request", "result"})
 	if err := reg.Register(h); err != nil {
@@ -157,7 +182,8 @@ func registerHistogram(reg prometheus.Registerer) *prometheus.HistogramVec {
 	return h
 }
 
-// CloseIdleConnections closes the HTTP client's idle connections.
+// CloseIdleConnections closes the HTTP client's idle connections, Call's
+// and Post's.
 func (c *Client) CloseIdleConnections() { c.http.CloseIdleConnections() }
 
 // Call sends one Erply request: POST acct.URL() with form plus request,
@@ -178,7 +204,7 @@ func (c *Client) call(ctx context.Context, acct Account, request string, form ur
 	st := &callState{c: c, ctx: ctx, request: request, decode: decode}
 	reply, err := st.do(acct, form)
 	took := c.clock.Now().Sub(start)
-	class := resultClass(err)
+	class := Result(err)
 	if c.duration != nil {
 		c.duration.WithLabelValues(request, class).Observe(took.Seconds())
 	}
@@ -204,30 +230,65 @@ type callState struct {
 
 var errInvalidAccount = errors.New("invalid account: empty client code or unusable API URL")
 
-func (st *callState) do(acct Account, form url.Values) (*Reply, error) {
-	if acct.ClientCode == "" {
-		return nil, &Error{Request: st.request, Err: invalidRequest{errInvalidAccount}}
+// newRequest builds what every request to Erply is: a POST to acct.URL()
+// whose urlencoded body is form with clientCode, sendContentType=1 and,
+// unless request is "", request set, carrying the client's User-Agent. It
+// does not change form. Its only error is errInvalidAccount, which does
+// not quote the URL.
+func (c *Client) newRequest(ctx context.Context, acct Account, request string, form url.Values) (*http.Request, error) {
+	u, err := url.Parse(acct.URL())
+	if acct.ClientCode == "" || err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+		return nil, errInvalidAccount
 	}
-	body := url.Values{}
+	body := make(url.Values, len(form)+3)
 	for k, v := range form {
 		body[k] = v
 	}
-	body.Set("request", st.request)
+	if request != "" {
+		body.Set("request", request)
+	}
 	body.Set("clientCode", acct.ClientCode)
 	body.Set("sendContentType", "1")
-
-	u, err := url.Parse(acct.URL())
-	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
-		// The parse error quotes the URL; leave it out.
-		return nil, &Error{Request: st.request, Err: invalidRequest{errInvalidAccount}}
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, u.String(), strings.NewReader(body.Encode()))
+	if err != nil {
+		return nil, errInvalidAccount
 	}
-	req, err := retryablehttp.NewRequestWithContext(st.ctx, http.MethodPost, u.String(), []byte(body.Encode()))
+	req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
+	req.Header.Set("User-Agent", c.userAgent)
+	return req, nil
+}
+
+// Post sends form, which names its own request, as one request to Erply
+// built as Call's are (POST acct.URL(), clientCode and sendContentType=1
+// added, the same User-Agent, connections and redirect policy), and
+// returns the reply unread; the caller closes its body. It is the path for
+// calls the daemon passes on for others (the proxy): nothing is retried,
+// decoded, logged or counted, and the HTTP client's Timeout, which bounds
+// one attempt of Call, does not apply: ctx bounds the request and the
+// reading of its reply. A request that could not be sent returns the
+// cause alone, never the URL.
+func (c *Client) Post(ctx context.Context, acct Account, form url.Values) (*http.Response, error) {
+	req, err := c.newRequest(ctx, acct, "", form)
+	if err != nil {
+		return nil, err
+	}
+	resp, err := c.post.Do(req)
+	if err != nil {
+		return nil, transportCause(err)
+	}
+	return resp, nil
+}
+
+func (st *callState) do(acct Account, form url.Values) (*Reply, error) {
+	hreq, err := st.c.newRequest(st.ctx, acct, st.request, form)
+	if err != nil {
+		return nil, &Error{Request: st.request, Err: invalidRequest{err}}
+	}
+	req, err := retryablehttp.FromRequest(hreq)
 	if err != nil {
 		return nil, &Error{Request: st.request, Err: invalidRequest{errInvalidAccount}}
 	}
-	req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
 	req.Header.Set("Accept", "application/json")
-	req.Header.Set("User-Agent", st.c.userAgent)
 	req.SetResponseHandler(st.handleResponse)
 
 	rc := &retryablehttp.Client{
@@ -348,7 +409,7 @@ func (st *callState) nextWait(ctx context.Context, e *Error) time.Duration {
 
 func (st *callState) backoff(_, _ time.Duration, _ int, _ *http.Response) time.Duration {
 	st.c.log.Debug().Str("request", st.request).Int("attempt", st.attempts).
-		Str("result", resultClass(st.last)).Dur("wait", st.wait).Msg("erply call retrying")
+		Str("result", Result(st.last)).Dur("wait", st.wait).Msg("erply call retrying")
 	return st.wait
 }
 
@@ -495,32 +556,49 @@ func retryableTransport(err error) bool {
 	return false
 }
 
-// resultClass is the short, stable name of an outcome for metrics and logs.
-func resultClass(err error) string {
+// Result names how an Erply call, or a login built on one, ended, for the
+// result label of metrics and the result field of logs; the pool and this
+// package both use it. The vocabulary:
+//
+//   - "ok": err is nil.
+//   - "erply_<code>": Erply answered with that errorCode ("erply_other"
+//     for a code of more than five digits).
+//   - "http_<status>": Erply answered with that non-2xx HTTP status
+//     ("http_other" outside 100–599).
+//   - "bad_reply": the reply could not be understood (ErrBadReply).
+//   - "canceled": the caller's context was canceled.
+//   - "timeout": the caller's deadline passed.
+//   - "network": no reply: the connection failed or broke off.
+//   - "config": nothing could be sent as configured: an unusable account
+//     (empty client code or API URL), or an error that did not come from
+//     this package (an unreadable secret file, an unknown parent credential).
+//
+// What Erply said wins over the context: a call that saw HTTP 503 and then
+// ran out of time is "http_503", the same as when the client gives up early
+// because the next wait would pass the deadline.
+func Result(err error) string {
 	if err == nil {
 		return "ok"
 	}
 	var e *Error
-	errors.As(err, &e)
+	fromHere := errors.As(err, &e)
 	switch {
+	case fromHere && e.Code > 0 && e.Code < 100000:
+		return "erply_" + strconv.Itoa(e.Code)
+	case fromHere && e.Code != 0:
+		return "erply_other"
+	case fromHere && e.HTTPStatus >= 100 && e.HTTPStatus < 600:
+		return "http_" + strconv.Itoa(e.HTTPStatus)
+	case fromHere && e.HTTPStatus != 0:
+		return "http_other"
+	case errors.Is(err, ErrBadReply):
+		return "bad_reply"
 	case errors.Is(err, context.Canceled):
 		return "canceled"
 	case errors.Is(err, context.DeadlineExceeded):
 		return "timeout"
-	case e == nil:
+	case fromHere && !errors.Is(err, ErrBadRequest):
 		return "network"
-	case e.Code > 0 && e.Code < 100000:
-		return "erply_" + strconv.Itoa(e.Code)
-	case e.Code != 0:
-		return "erply_other"
-	case e.HTTPStatus >= 100 && e.HTTPStatus < 600:
-		return "http_" + strconv.Itoa(e.HTTPStatus)
-	case e.HTTPStatus != 0:
-		return "http_other"
-	case errors.Is(err, ErrBadReply):
-		return "bad_reply"
-	case errors.Is(err, ErrBadRequest):
-		return "bad_request"
 	}
-	return "network"
+	return "config"
 }

@@ -50,6 +50,7 @@ var secrets = []string{password, pin, sessionKey, idToken, identJWT}
 type seen struct {
 	method      string
 	contentType string
+	userAgent   string
 	path        string
 	rawQuery    string
 	form        url.Values
@@ -74,7 +75,7 @@ func newFake(t *testing.T, h func(w http.ResponseWriter, r *http.Request, n int6
 		r.Body = io.NopCloser(bytes.NewReader(body))
 		f.mu.Lock()
 		f.reqs = append(f.reqs, seen{
-			method: r.Method, contentType: r.Header.Get("Content-Type"),
+			method: r.Method, contentType: r.Header.Get("Content-Type"), userAgent: r.Header.Get("User-Agent"),
 			path: r.URL.Path, rawQuery: r.URL.RawQuery, form: form, at: time.Now(),
 		})
 		f.mu.Unlock()
@@ -1133,7 +1134,7 @@ func TestMetrics(t *testing.T) {
 		fmt.Fprintf(&b, "erply_sessiond_upstream_request_duration_seconds_count{request=%q,result=%q} %d\n", req, res, n)
 		return b.String()
 	}
-	want := `# HELP erply_sessiond_upstream_request_duration_seconds Duration of Erply API calls, retries included, by request name and result ("ok", "erply_<code>", "http_<status>", "network", "bad_reply", "bad_request", "canceled", "timeout").
+	want := `# HELP erply_sessiond_upstream_request_duration_seconds Duration of Erply API calls, retries included, by request name and result ("ok", "erply_<code>", "http_<status>", "bad_reply", "canceled", "timeout", "network", "config").
 # TYPE erply_sessiond_upstream_request_duration_seconds histogram
 ` + series("getJwtToken", "bad_reply", 1) + series("verifyUser", "bad_reply", 1) + series("verifyUser", "erply_1051", 1) +
 		series("verifyUser", "http_503", 1) + series("verifyUser", "ok", 2)
