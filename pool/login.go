@@ -199,7 +199,7 @@ func (p *Pool) failed(e *entry, err error, why string) error {
 		e.refusedWith = ""
 	}
 	e.mu.Unlock()
-	p.logins.WithLabelValues(e.name, resultClass(err)).Inc()
+	p.logins.WithLabelValues(e.name, upstream.Result(err)).Inc()
 	p.failures.WithLabelValues(e.name).Inc()
 
 	cur := e.snap.Load()
@@ -216,24 +216,6 @@ func (p *Pool) failed(e *entry, err error, why string) error {
 	ev.Err(err).Int("attempt", n).Stringer("retryIn", wait).Str("state", string(state)).Msg("login failed")
 	e.timer.Set(refresher.Refresh, retryAt)
 	return &UnavailableError{Name: e.name, Reason: err, RetryAfter: wait}
-}
-
-func resultClass(err error) string {
-	if c := upstream.CodeOf(err); c != 0 {
-		return fmt.Sprintf("erply_%d", c)
-	}
-	var ue *upstream.Error
-	switch {
-	case errors.As(err, &ue) && ue.HTTPStatus != 0:
-		return fmt.Sprintf("http_%d", ue.HTTPStatus)
-	case errors.Is(err, upstream.ErrBadReply):
-		return "bad_reply"
-	case errors.Is(err, context.DeadlineExceeded), errors.Is(err, context.Canceled):
-		return "timeout"
-	case errors.As(err, &ue):
-		return "network"
-	}
-	return "config"
 }
 
 // Refresh is the refresh timer's event (refresher.Target): a scheduled
