@@ -57,6 +57,7 @@ Usage:
   erply-sessiond                 run the daemon (configured by SESSIOND_* variables)
   erply-sessiond demo            run against an embedded fake Erply, on ./sessiond.sock
   erply-sessiond get NAME [WHAT] print a credential's key, jwt, identity-token or json
+  erply-sessiond status          show every credential's state (exit 0 when all are ok)
   erply-sessiond check-config    validate the configuration and print a summary
   erply-sessiond version         print the version
 
@@ -76,6 +77,8 @@ func runEnv(ctx context.Context, args, environ []string, stdout, stderr io.Write
 		return demoCommand(ctx, args, environ, stdout, stderr)
 	case "get":
 		return getCommand(ctx, args, environ, stdout, stderr)
+	case "status":
+		return statusCommand(ctx, args, environ, stdout, stderr)
 	case "check-config":
 		return checkConfigCommand(args, environ, stdout, stderr)
 	case "version", "-version", "--version":

@@ -61,6 +61,41 @@ type Session struct {
 	IdentityToken string    `json:"identityToken"`
 }
 
+// Credential is one credential in the daemon's listing (GET /v1/sessions):
+// its state, never its secrets.
+type Credential struct {
+	Name       string `json:"name"`
+	Kind       string `json:"kind"`
+	ClientCode string `json:"clientCode"`
+	// State is starting, ok, refreshing, failing or expired.
+	State string `json:"state"`
+	// ExpiresAt is nil while there is no session.
+	ExpiresAt *time.Time `json:"expiresAt"`
+	// RefreshAt is when the next login is due; nil before the first attempt.
+	RefreshAt *time.Time `json:"refreshAt"`
+	// Logins counts successful logins since the daemon started.
+	Logins    uint64 `json:"logins"`
+	LastError string `json:"lastError"`
+	// PasswordExpired is Erply's word at the last login (password credentials).
+	PasswordExpired bool `json:"passwordExpired,omitempty"`
+	// Fleet is "off", "shared" or "local" in fleet mode; FleetError says why local.
+	Fleet      string `json:"fleet,omitempty"`
+	FleetError string `json:"fleetError,omitempty"`
+}
+
+// Healthy reports whether the credential holds a valid session and its
+// last refresh did not fail (ok, or ok with a login in flight).
+func (c Credential) Healthy() bool { return c.State == "ok" || c.State == "refreshing" }
+
+// Sessions returns every credential the caller may read, in configuration order.
+func (c *Client) Sessions(ctx context.Context) ([]Credential, error) {
+	var out []Credential
+	if err := c.getJSON(ctx, "/v1/sessions", &out); err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // Error is an error answer from the daemon.
 type Error struct {
 	Status     int    // HTTP status: 404, 403, 503, ...

@@ -204,7 +204,12 @@ type listItem struct {
 	ClientCode string  `json:"clientCode"`
 	State      string  `json:"state"`
 	ExpiresAt  *string `json:"expiresAt"` // null while there is no session
-	LastError  string  `json:"lastError"`
+	// RefreshAt is when the next login is due (the refresh point, or the
+	// retry after a failure); null before the first attempt.
+	RefreshAt *string `json:"refreshAt"`
+	// Logins counts successful logins since the daemon started.
+	Logins    uint64 `json:"logins"`
+	LastError string `json:"lastError"`
 }
 
 // handleList lists the credentials the peer may read (all of them on TCP).
@@ -221,11 +226,16 @@ func (s *Server) handleList(w http.ResponseWriter, r *http.Request) error {
 			Kind:       snap.Kind,
 			ClientCode: snap.ClientCode,
 			State:      string(stateAt(snap, now)),
+			Logins:     snap.Logins,
 			LastError:  errorText(snap.LastError),
 		}
 		if snap.Session != nil && !snap.ExpiresAt.IsZero() {
 			at := snap.ExpiresAt.UTC().Format(time.RFC3339)
 			it.ExpiresAt = &at
+		}
+		if !snap.RefreshAt.IsZero() {
+			at := snap.RefreshAt.UTC().Format(time.RFC3339)
+			it.RefreshAt = &at
 		}
 		out = append(out, it)
 	}

@@ -251,6 +251,8 @@ func TestSessionList(t *testing.T) {
 	failing := snapshot("pos", "K", t0.Add(time.Hour), 4)
 	failing.State = pool.StateFailing
 	failing.LastError = &upstream.Error{Request: "verifyUser", Code: upstream.CodeMaintenance}
+	failing.RefreshAt = t0.Add(90 * time.Second)
+	failing.Logins = 3
 	starting := &pool.Snapshot{Name: "back_office", Kind: "pin", ClientCode: "104001", State: pool.StateStarting}
 	late := snapshot("late", "L", t0.Add(-time.Second), 2) // the pool has not noticed yet
 	private := snapshot("private", "P", t0.Add(time.Hour), 1)
@@ -259,9 +261,9 @@ func TestSessionList(t *testing.T) {
 	h := start(t, fake, setup{opts: func(o *localapi.Options) {
 		o.PeerCred = func(net.Conn) (uint32, uint32, uint32, bool) { return 1000, 1000, 1, true }
 	}})
-	want := `[{"name":"pos","kind":"password","clientCode":"104001","state":"failing","expiresAt":"2025-03-04T11:00:00Z","lastError":"erply verifyUser: error 1000 (API under maintenance)"},` +
-		`{"name":"back_office","kind":"pin","clientCode":"104001","state":"starting","expiresAt":null,"lastError":""},` +
-		`{"name":"late","kind":"password","clientCode":"104001","state":"expired","expiresAt":"2025-03-04T09:59:59Z","lastError":""}]` + "\n"
+	want := `[{"name":"pos","kind":"password","clientCode":"104001","state":"failing","expiresAt":"2025-03-04T11:00:00Z","refreshAt":"2025-03-04T10:01:30Z","logins":3,"lastError":"erply verifyUser: error 1000 (API under maintenance)"},` +
+		`{"name":"back_office","kind":"pin","clientCode":"104001","state":"starting","expiresAt":null,"refreshAt":null,"logins":0,"lastError":""},` +
+		`{"name":"late","kind":"password","clientCode":"104001","state":"expired","expiresAt":"2025-03-04T09:59:59Z","refreshAt":null,"logins":0,"lastError":""}]` + "\n"
 	expect(t, h.get("/v1/sessions"), 200, jsonType, want)
 	if strings.Contains(h.get("/v1/sessions").body, `"K`) {
 		t.Error("the list leaks a session key")
