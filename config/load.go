@@ -32,7 +32,14 @@ const (
 	DefaultExpiryMargin     = 60 * time.Second
 	DefaultProxyConcurrency = 10
 	DefaultSessionLength    = 3600
-	DefaultSinkMode         = os.FileMode(0o640)
+	// MinSessionLength is the shortest SESSION_LENGTH the daemon accepts:
+	// shorter sessions leave no room between the refresh point and the
+	// safety margin, and would be refreshed without pause.
+	MinSessionLength = 5
+	// MaxSessionLength is the longest session Erply grants (its documented
+	// range is 1..86400 s); a reply claiming more is not trusted.
+	MaxSessionLength = 86400
+	DefaultSinkMode  = os.FileMode(0o640)
 )
 
 // Global variable names.
@@ -597,6 +604,10 @@ func (b *builder) credential(name, globalAPIURL string) Credential {
 		}
 	}
 	cr.SessionLength = b.intRange(p+sfxSessionLength, DefaultSessionLength, 1, 86400, "of seconds ")
+	if cr.SessionLength < MinSessionLength {
+		b.fail(p+sfxSessionLength, "%d s is too short to keep alive: below %d s the safety margin (at least 1 s, Erply's clock has whole seconds) leaves no time between refreshes; use %d or more",
+			cr.SessionLength, MinSessionLength, MinSessionLength)
+	}
 	cr.AllowUIDs = b.ids(p+sfxAllowUIDs, "user id")
 	cr.AllowGIDs = b.ids(p+sfxAllowGIDs, "group id")
 	if v, ok := b.get(p + sfxSinkFile); ok {

@@ -125,7 +125,7 @@ func TestLoadFullConfiguration(t *testing.T) {
 		"SESSIOND_IDP_KIND":           "identity",
 		"SESSIOND_IDP_CLIENT_CODE":    "ab12",
 		"SESSIOND_IDP_TOKEN_FILE":     tok,
-		"SESSIOND_IDP_SESSION_LENGTH": "1",
+		"SESSIOND_IDP_SESSION_LENGTH": "5",
 
 		"SESSIOND_SSO_KIND":        "oauth",
 		"SESSIOND_SSO_CLIENT_CODE": "777",
@@ -162,7 +162,7 @@ func TestLoadFullConfiguration(t *testing.T) {
 	if cashier.SessionLength != 86400 || cashier.PIN.Value != secretPIN || cashier.PIN.Var != "SESSIOND_CASHIER_PIN" {
 		t.Errorf("cashier = %+v", cashier)
 	}
-	if idp.Kind != KindIdentity || idp.ClientCode != "ab12" || idp.Token.File != tok || idp.SessionLength != 1 ||
+	if idp.Kind != KindIdentity || idp.ClientCode != "ab12" || idp.Token.File != tok || idp.SessionLength != 5 ||
 		idp.APIURL != c.APIURL {
 		t.Errorf("idp = %+v", idp)
 	}
@@ -275,6 +275,11 @@ func TestCheckConfig(t *testing.T) {
 			name: "session length too long",
 			set:  map[string]string{"SESSIOND_POS_SESSION_LENGTH": "86401"},
 			want: []string{`SESSIOND_POS_SESSION_LENGTH: "86401" is not a whole number of seconds from 1 to 86400`},
+		},
+		{
+			name: "session length too short to refresh without spinning",
+			set:  map[string]string{"SESSIOND_POS_SESSION_LENGTH": "4"},
+			want: []string{`SESSIOND_POS_SESSION_LENGTH: 4 s is too short to keep alive: below 5 s the safety margin (at least 1 s, Erply's clock has whole seconds) leaves no time between refreshes; use 5 or more`},
 		},
 		{
 			name: "session length not a number",

@@ -58,7 +58,9 @@ func (m Password) Login(ctx context.Context, cred config.Credential, _ pool.Sess
 	}
 	acct := account(cred)
 	sess, err := m.Up.VerifyUser(ctx, acct, cred.Username, pw, cred.SessionLength)
-	return withLifetime(ctx, m.Up, acct, "verifyUser", sess, err)
+	g, err := withLifetime(ctx, m.Up, acct, "verifyUser", sess, err)
+	g.Asked = cred.SessionLength
+	return g, err
 }
 
 // PIN logs in with switchUser on top of the parent credential's current
@@ -90,7 +92,7 @@ func (m PIN) Login(ctx context.Context, cred config.Credential, sessions pool.Se
 		sess, err = m.Up.SwitchUser(ctx, acct, parent.Session.SessionKey, pin, cred.SessionLength)
 	}
 	g, err := withLifetime(ctx, m.Up, acct, "switchUser", sess, err)
-	g.ParentKey = parent.Session.SessionKey
+	g.ParentKey, g.Asked = parent.Session.SessionKey, cred.SessionLength
 	return g, err
 }
 
@@ -128,7 +130,9 @@ func (m OAuth) Login(ctx context.Context, cred config.Credential, _ pool.Session
 	}
 	acct := account(cred)
 	sess, err := m.Up.VerifyOAuthToken(ctx, acct, tok, cred.SessionLength)
-	return withLifetime(ctx, m.Up, acct, "verifyOAuthToken", sess, err)
+	g, err := withLifetime(ctx, m.Up, acct, "verifyOAuthToken", sess, err)
+	g.Asked = cred.SessionLength
+	return g, err
 }
 
 func account(c config.Credential) upstream.Account {

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"time"
 
+	"github.com/erply-sessiond/erply-sessiond/config"
 	"github.com/erply-sessiond/erply-sessiond/refresher"
 	"github.com/erply-sessiond/erply-sessiond/upstream"
 )
@@ -19,7 +20,7 @@ func (p *Pool) Install(name string, g Grant, origin string) (*Snapshot, error) {
 	if e == nil {
 		return nil, fmt.Errorf("%w: %q", ErrUnknownCredential, truncate(name))
 	}
-	if err := p.complete(&g); err != nil {
+	if _, err := p.complete(&g); err != nil {
 		return nil, err
 	}
 	if now := p.clk.Now(); !now.Add(p.policy.MarginFor(g.ExpiresAt.Sub(g.Obtained))).Before(g.ExpiresAt) {
@@ -28,13 +29,26 @@ func (p *Pool) Install(name string, g Grant, origin string) (*Snapshot, error) {
 	return p.install(e, g, origin), nil
 }
 
-// complete checks a grant and fills in its times.
-func (p *Pool) complete(g *Grant) error {
+// complete checks a grant and fills in its times. A lifetime longer than
+// was asked for, or than Erply grants at all, is cut to that (clamped
+// reports it): an overflowing reply must neither keep a session from ever
+// being refreshed nor wrap around to a tiny one.
+func (p *Pool) complete(g *Grant) (clamped int64, err error) {
 	if g.Session == nil || g.Session.SessionKey == "" {
-		return fmt.Errorf("%w: no session key", upstream.ErrBadReply)
+		return 0, fmt.Errorf("%w: no session key", upstream.ErrBadReply)
 	}
 	if g.Session.SessionLength <= 0 {
-		return fmt.Errorf("%w: session has no lifetime", upstream.ErrBadReply)
+		return 0, fmt.Errorf("%w: session has no lifetime", upstream.ErrBadReply)
+	}
+	limit := int64(config.MaxSessionLength)
+	if g.Asked > 0 && int64(g.Asked) < limit {
+		limit = int64(g.Asked)
+	}
+	if g.Session.SessionLength > limit {
+		clamped = g.Session.SessionLength
+		s := *g.Session
+		s.SessionLength = limit
+		g.Session = &s
 	}
 	if g.Obtained.IsZero() {
 		g.Obtained = p.clk.Now()
@@ -43,9 +57,9 @@ func (p *Pool) complete(g *Grant) error {
 		g.ExpiresAt = g.Obtained.Add(time.Duration(g.Session.SessionLength) * time.Second)
 	}
 	if !g.ExpiresAt.After(g.Obtained) {
-		return errors.New("session expires before it was obtained")
+		return 0, errors.New("session expires before it was obtained")
 	}
-	return nil
+	return clamped, nil
 }
 
 // install is the one step every new session goes through, whatever made it:
@@ -53,8 +67,12 @@ func (p *Pool) complete(g *Grant) error {
 // status — hear of it), schedules the refresh, expiry and JWT renewal, and
 // makes the credentials built on this one (pins) switch again.
 func (p *Pool) install(e *entry, g Grant, origin string) *Snapshot {
+	isLogin := isLoginTrigger(origin)
 	e.mu.Lock()
 	e.failures, e.notBefore, e.refusedWith, e.jwtFailures = 0, time.Time{}, "", 0
+	if isLogin {
+		e.lastLogin, e.lastLifetime = g.Obtained, g.ExpiresAt.Sub(g.Obtained)
+	}
 	if g.ParentKey != "" {
 		e.parentKey = g.ParentKey
 	}
@@ -62,7 +80,6 @@ func (p *Pool) install(e *entry, g Grant, origin string) *Snapshot {
 	e.mu.Unlock()
 	lifetime := g.ExpiresAt.Sub(g.Obtained)
 	refreshAt := p.policy.RefreshAt(g.Obtained, g.ExpiresAt)
-	isLogin := isLoginTrigger(origin)
 	if isLogin {
 		p.logins.WithLabelValues(e.name, "ok").Inc()
 	}
@@ -133,9 +150,15 @@ func (p *Pool) followers(name, parentKey string) {
 		c.mu.Unlock()
 	}
 	p.mu.RUnlock()
+	now := p.clk.Now()
 	for _, k := range kids {
 		if k.snap.Load().State == StateStarting {
 			continue // its first login is under way or about to be, from the parent's
+		}
+		if p.refusedUnchanged(k, now) {
+			// Its own secret was refused: a new parent session does not make
+			// it right, and retrying would feed Erply's block counter.
+			continue
 		}
 		p.loginInBackground(k, whyParent)
 	}

@@ -11,6 +11,7 @@ import (
 )
 
 var (
+	errTooShort     = errors.New("Erply granted a session too short to serve: not logging in again before a third of its lifetime has passed")
 	errShuttingDown = errors.New("daemon is shutting down")
 	errRemoved      = errors.New("credential removed by a reload")
 )
@@ -68,6 +69,28 @@ func (p *Pool) demand(ctx context.Context, e *entry, s *Snapshot, why string) (*
 	return p.login(ctx, e, s.Version, why, force)
 }
 
+// tooSoon reports whether the last login was less than a third of its
+// session's lifetime ago.
+func (p *Pool) tooSoon(e *entry, now time.Time) (time.Duration, bool) {
+	e.mu.Lock()
+	last, life := e.lastLogin, e.lastLifetime
+	e.mu.Unlock()
+	if last.IsZero() {
+		return 0, false
+	}
+	next := last.Add(life / 3)
+	return next.Sub(now), now.Before(next)
+}
+
+// refusedUnchanged reports whether e's last login was refused (or failed
+// for good) and its secret is still the one refused, within the backoff.
+func (p *Pool) refusedUnchanged(e *entry, now time.Time) bool {
+	e.mu.Lock()
+	nb, refused, cred := e.notBefore, e.refusedWith, e.cred
+	e.mu.Unlock()
+	return refused != "" && now.Before(nb) && secretFingerprint(cred) == refused
+}
+
 // blocked reports whether an on-demand login must wait for the backoff.
 // A refused login may go again at once when its secret has changed.
 func (p *Pool) blocked(e *entry, now time.Time) (time.Duration, bool) {
@@ -103,6 +126,12 @@ func (p *Pool) login(ctx context.Context, e *entry, staleVersion uint64, why str
 		// looked before the last login failed must not start another.
 		if wait, blocked := p.blocked(e, now); blocked && !force {
 			return nil, &UnavailableError{Name: e.name, Reason: cur.LastError, RetryAfter: wait}
+		}
+		// However short the sessions Erply grants, no more than one login
+		// per third of a session's lifetime on demand or schedule.
+		if wait, soon := p.tooSoon(e, now); soon && !force && why != whyInvalidated {
+			e.timer.Set(refresher.Refresh, now.Add(wait))
+			return nil, &UnavailableError{Name: e.name, Reason: errTooShort, RetryAfter: wait}
 		}
 		return p.doLogin(e, why)
 	})
@@ -159,8 +188,12 @@ func (p *Pool) doLogin(e *entry, why string) (*Snapshot, error) {
 		}
 		if err == nil {
 			g.Obtained, g.ExpiresAt = start, time.Time{}
-			if err = p.complete(&g); err != nil {
+			var clamped int64
+			if clamped, err = p.complete(&g); err != nil {
 				err = &upstream.Error{Request: "login", Err: err}
+			} else if clamped != 0 && !e.warnedLength.Swap(true) {
+				p.log.Warn().Str("credential", e.name).Int64("replied", clamped).Int64("trusted", g.Session.SessionLength).
+					Msg("Erply's reply claims a longer session than was asked for or than Erply grants: trusting only the shorter")
 			}
 		}
 		if err != nil {
@@ -229,9 +262,9 @@ func (e *entry) Refresh() {
 	s := e.snap.Load()
 	now := p.clk.Now()
 	e.mu.Lock()
-	nb, refused, cred := e.notBefore, e.refusedWith, e.cred
+	nb, cred := e.notBefore, e.cred
 	e.mu.Unlock()
-	if refused != "" && now.Before(nb) && secretFingerprint(cred) == refused {
+	if p.refusedUnchanged(e, now) {
 		// Still refused with the same secret: look again later.
 		next := now.Add(refresher.SecretPoll)
 		if nb.Before(next) {

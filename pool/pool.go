@@ -131,17 +131,20 @@ type entry struct {
 	ctx    context.Context // ends when the credential is removed or the pool closes
 	cancel context.CancelFunc
 
-	mu          sync.Mutex // guards the fields below and orders publishes
-	cred        config.Credential
-	method      Method
-	gen         uint64 // bumped when a reload changes cred: a login of an older one is not installed
-	failures    int    // consecutive failed logins
-	notBefore   time.Time
-	refusedWith string // fingerprint of the secret a refused login used
-	jwtFailures int    // consecutive failed JWT renewals
-	parentKey   string // the parent session key the current session was made on
+	mu           sync.Mutex // guards the fields below and orders publishes
+	cred         config.Credential
+	method       Method
+	gen          uint64 // bumped when a reload changes cred: a login of an older one is not installed
+	failures     int    // consecutive failed logins
+	notBefore    time.Time
+	refusedWith  string // fingerprint of the secret a refused login used
+	jwtFailures  int    // consecutive failed JWT renewals
+	lastLogin    time.Time
+	lastLifetime time.Duration
+	parentKey    string // the parent session key the current session was made on
 
-	pending atomic.Int32 // forced background logins asked for and not yet done
+	pending      atomic.Int32 // forced background logins asked for and not yet done
+	warnedLength atomic.Bool  // an overlong sessionLength was logged once
 }
 
 // New makes a Pool; nothing happens until Open.

@@ -92,6 +92,16 @@ func (e *entry) RenewJWT() {
 		e.timer.Set(refresher.RenewJWT, p.clk.Now().Add(wait))
 		return
 	}
+	if stale := notNewer(s.Session, &sess); stale != "" {
+		// Renewing again would fetch the same JWT again, without end.
+		log.Warn().Str("jwt", stale).Msg("Erply returned a JWT no newer than the one held: keeping the new one, no further renewal for this session")
+		p.publish(e, func(n *Snapshot) {
+			if n.Session != nil && n.Session.SessionKey == sess.SessionKey {
+				n.Session = &sess
+			}
+		})
+		return
+	}
 	renewed := false
 	published := p.publish(e, func(n *Snapshot) {
 		// Only onto the session the JWTs were fetched for.
@@ -107,4 +117,16 @@ func (e *entry) RenewJWT() {
 	e.mu.Unlock()
 	log.Info().Str("key", Fingerprint(sess.SessionKey)).Msg("JWTs renewed")
 	e.timer.Set(refresher.RenewJWT, p.jwtRenewAt(published))
+}
+
+// notNewer names a JWT of renewed whose expiry is not after the one it
+// replaces in held ("" when every renewed JWT is newer).
+func notNewer(held, renewed *upstream.Session) string {
+	if held.Token != "" && !upstream.TokenExpiry(renewed.Token).After(upstream.TokenExpiry(held.Token)) {
+		return "token"
+	}
+	if held.IdentityToken != "" && !upstream.TokenExpiry(renewed.IdentityToken).After(upstream.TokenExpiry(held.IdentityToken)) {
+		return "identityToken"
+	}
+	return ""
 }

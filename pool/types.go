@@ -119,4 +119,8 @@ type Grant struct {
 	// ParentKey is, for a session made on top of another credential's (a
 	// pin's switchUser), the parent session key it was made from.
 	ParentKey string
+	// Asked is the lifetime in seconds the login asked Erply for (0: it
+	// could not ask). A reply claiming a longer one is not trusted past it,
+	// nor past Erply's documented maximum.
+	Asked int
 }

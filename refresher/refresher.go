@@ -72,7 +72,7 @@ func (p Policy) MarginFor(lifetime time.Duration) time.Duration {
 // RefreshAt returns when a session obtained at obtained (local clock, when
 // the login request started) and expiring at expires should be refreshed:
 // at Fraction of its lifetime ± Jitter, never later than the safety margin
-// before expiry, never before obtained.
+// before expiry, and never before a third of the lifetime has passed.
 func (p Policy) RefreshAt(obtained, expires time.Time) time.Time {
 	lifetime := expires.Sub(obtained)
 	if lifetime <= 0 {
@@ -83,8 +83,10 @@ func (p Policy) RefreshAt(obtained, expires time.Time) time.Time {
 	if latest := expires.Add(-p.MarginFor(lifetime)); at.After(latest) {
 		at = latest
 	}
-	if at.Before(obtained) {
-		at = obtained
+	// However short the session, never sooner than a third of it: a session
+	// whose margin is its whole life must not be refreshed without pause.
+	if earliest := obtained.Add(lifetime / 3); at.Before(earliest) {
+		at = earliest
 	}
 	return at
 }

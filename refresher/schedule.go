@@ -31,7 +31,9 @@ func RetryAt(now time.Time, wait time.Duration, refused bool) time.Time {
 func (p Policy) JWTRenewAt(now, sessionExpires time.Time, jwtExpiries ...time.Time) time.Time {
 	var due time.Time
 	for _, exp := range jwtExpiries {
-		if exp.IsZero() || !exp.Before(sessionExpires) {
+		// A JWT's expiry is in whole seconds: one that ends within a second
+		// of its session ends with it.
+		if exp.IsZero() || !exp.Before(sessionExpires.Add(-MinMargin)) {
 			continue
 		}
 		if at := p.RefreshAt(now, exp); due.IsZero() || at.Before(due) {
