@@ -40,7 +40,8 @@ cleanup() {
 trap cleanup EXIT
 
 echo "== build and run erply-sessiond demo"
-go build -o "$tmp/erply-sessiond" .
+# The flags of scripts/build-image.sh and build-deb.sh, so that they share the build cache.
+CGO_ENABLED=0 go build -trimpath -buildvcs=false -o "$tmp/erply-sessiond" .
 sock="$tmp/sessiond.sock"
 "$tmp/erply-sessiond" demo -socket "$sock" >"$tmp/demo.log" 2>&1 &
 pid=$!
