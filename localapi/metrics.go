@@ -3,8 +3,11 @@ package localapi
 import (
 	"strconv"
 	"sync/atomic"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/erply-sessiond/erply-sessiond/pool"
 )
 
 // metrics are the API's Prometheus collectors.
@@ -13,7 +16,7 @@ type metrics struct {
 	expiry   *expiryCollector
 }
 
-func newMetrics(sessions Sessions) *metrics {
+func newMetrics(sessions Sessions, now func() time.Time) *metrics {
 	return &metrics{
 		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "erply_sessiond_local_requests_total",
@@ -21,9 +24,13 @@ func newMetrics(sessions Sessions) *metrics {
 		}, []string{"route", "code"}),
 		expiry: &expiryCollector{
 			sessions: sessions,
+			now:      now,
 			desc: prometheus.NewDesc("erply_sessiond_session_expiry_timestamp_seconds",
 				"When each credential's current session expires, in Unix seconds (absent while it has none).",
 				[]string{"credential"}, nil),
+			state: prometheus.NewDesc("erply_sessiond_credential_state",
+				"1 for the state each credential is in (starting, ok, refreshing, failing, expired), 0 for the others.",
+				[]string{"credential", "state"}, nil),
 		},
 	}
 }
@@ -69,20 +76,38 @@ func (rc *routeCounters) inc(status int) {
 	(*c).Inc()
 }
 
-// expiryCollector exports each credential's session expiry from the pool's
-// snapshots at scrape time.
+// expiryCollector exports each credential's session expiry and state from
+// the pool's snapshots at scrape time, so a credential removed by a reload
+// disappears from the scrape with it.
 type expiryCollector struct {
 	sessions Sessions
+	now      func() time.Time
 	desc     *prometheus.Desc
+	state    *prometheus.Desc
 }
 
+// states are the values of the state label, each exported for every credential.
+var states = [...]pool.State{pool.StateStarting, pool.StateOK, pool.StateRefreshing, pool.StateFailing, pool.StateExpired}
+
 // Describe implements prometheus.Collector.
-func (c *expiryCollector) Describe(ch chan<- *prometheus.Desc) { ch <- c.desc }
+func (c *expiryCollector) Describe(ch chan<- *prometheus.Desc) { ch <- c.desc; ch <- c.state }
 
 // Collect implements prometheus.Collector.
 func (c *expiryCollector) Collect(ch chan<- prometheus.Metric) {
+	now := c.now()
 	for _, snap := range c.sessions.Snapshots() {
-		if snap == nil || snap.Session == nil || snap.ExpiresAt.IsZero() {
+		if snap == nil {
+			continue
+		}
+		cur := stateAt(snap, now)
+		for _, st := range states {
+			v := 0.0
+			if st == cur {
+				v = 1
+			}
+			ch <- prometheus.MustNewConstMetric(c.state, prometheus.GaugeValue, v, snap.Name, string(st))
+		}
+		if snap.Session == nil || snap.ExpiresAt.IsZero() {
 			continue
 		}
 		ch <- prometheus.MustNewConstMetric(c.desc, prometheus.GaugeValue,

@@ -189,7 +189,7 @@ func New(opts Options) *Server {
 		}
 	}
 	s.gatherer = gat
-	s.metrics = newMetrics(s.sessions)
+	s.metrics = newMetrics(s.sessions, s.clk.Now)
 	if reg != nil {
 		reg.MustRegister(s.metrics.requests, s.metrics.expiry)
 	}

@@ -699,9 +699,21 @@ erply_sessiond_local_requests_total{code="405",route="unmatched"} 1
 # HELP erply_sessiond_session_expiry_timestamp_seconds When each credential's current session expires, in Unix seconds (absent while it has none).
 # TYPE erply_sessiond_session_expiry_timestamp_seconds gauge
 erply_sessiond_session_expiry_timestamp_seconds{credential="pos"} 1.7410860005e+09
+# HELP erply_sessiond_credential_state 1 for the state each credential is in (starting, ok, refreshing, failing, expired), 0 for the others.
+# TYPE erply_sessiond_credential_state gauge
+erply_sessiond_credential_state{credential="pos",state="expired"} 0
+erply_sessiond_credential_state{credential="pos",state="failing"} 0
+erply_sessiond_credential_state{credential="pos",state="ok"} 1
+erply_sessiond_credential_state{credential="pos",state="refreshing"} 0
+erply_sessiond_credential_state{credential="pos",state="starting"} 0
+erply_sessiond_credential_state{credential="shop",state="expired"} 0
+erply_sessiond_credential_state{credential="shop",state="failing"} 0
+erply_sessiond_credential_state{credential="shop",state="ok"} 0
+erply_sessiond_credential_state{credential="shop",state="refreshing"} 0
+erply_sessiond_credential_state{credential="shop",state="starting"} 1
 `
 	if err := testutil.GatherAndCompare(h.reg, strings.NewReader(want),
-		"erply_sessiond_local_requests_total", "erply_sessiond_session_expiry_timestamp_seconds"); err != nil {
+		"erply_sessiond_local_requests_total", "erply_sessiond_session_expiry_timestamp_seconds", "erply_sessiond_credential_state"); err != nil {
 		t.Error(err)
 	}
 

@@ -2,6 +2,7 @@ package pool_test
 
 import (
 	"context"
+	"github.com/erply-sessiond/erply-sessiond/config"
 	"testing"
 	"time"
 
@@ -88,5 +89,27 @@ func TestInstallRefusesWhatCannotBeServed(t *testing.T) {
 	}
 	if _, err := p.Install("nobody", pool.Grant{Session: &upstream.Session{SessionKey: "k", SessionLength: 60}}, "test"); err == nil {
 		t.Fatal("Install for an unknown credential succeeded")
+	}
+}
+
+// A credential removed by a reload takes its metric series with it.
+func TestRemovedCredentialLeavesNoSeries(t *testing.T) {
+	e := newEnv(t)
+	pos, gone := e.password1h("pos"), e.password1h("gone")
+	p := e.start(pos, gone)
+	e.open()
+	p.Update([]config.Credential{pos})
+	mfs, err := e.reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, mf := range mfs {
+		for _, m := range mf.GetMetric() {
+			for _, l := range m.GetLabel() {
+				if l.GetName() == "credential" && l.GetValue() == "gone" {
+					t.Fatalf("%s still has a series for the removed credential", mf.GetName())
+				}
+			}
+		}
 	}
 }

@@ -3,6 +3,8 @@ package pool
 import (
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+
 	"github.com/erply-sessiond/erply-sessiond/config"
 )
 
@@ -59,6 +61,10 @@ func (p *Pool) Update(creds []config.Credential) {
 		e.cancel()
 		e.timer.Stop()
 		p.publish(e, func(s *Snapshot) { s.Removed = true })
+		// Its series go with it: a removed credential must not look like a
+		// credential that never logs in.
+		p.logins.DeletePartialMatch(prometheus.Labels{"credential": e.name})
+		p.failures.DeleteLabelValues(e.name)
 		p.log.Info().Str("credential", e.name).Msg("credential removed by reload")
 	}
 	for _, ch := range changed {

@@ -9,6 +9,7 @@ type metrics struct {
 	retries  *prometheus.CounterVec
 	paused   *prometheus.CounterVec
 	inflight *prometheus.GaugeVec
+	duration *prometheus.HistogramVec
 }
 
 func newMetrics() *metrics {
@@ -30,11 +31,16 @@ func newMetrics() *metrics {
 			Name: "erply_sessiond_proxy_inflight",
 			Help: "Proxied calls holding an upstream slot now, by client code.",
 		}, []string{"client_code"}),
+		duration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name:    "erply_sessiond_proxy_request_duration_seconds",
+			Help:    "Proxied calls from arrival to answer (waiting for a slot and the one re-send included), by credential and outcome.",
+			Buckets: []float64{.005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30, 90},
+		}, []string{"credential", "outcome"}),
 	}
 }
 
 func (m *metrics) register(reg prometheus.Registerer) {
-	reg.MustRegister(m.requests, m.retries, m.paused, m.inflight)
+	reg.MustRegister(m.requests, m.retries, m.paused, m.inflight, m.duration)
 }
 
 // labelOther stands for a request name that is missing, not a plain name,

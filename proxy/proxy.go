@@ -245,6 +245,7 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	p.serve(w, r, ex)
 
 	p.metrics.requests.WithLabelValues(ex.credential, ex.request, ex.outcome).Inc()
+	p.metrics.duration.WithLabelValues(ex.credential, ex.outcome).Observe(p.clk.Now().Sub(start).Seconds())
 	if ev := p.log.Debug(); ev.Enabled() {
 		ev.Str("credential", ex.credential).Str("request", ex.request).Str("outcome", ex.outcome).
 			Int("status", ex.status).Bool("retried", ex.retried).Dur("duration", p.clk.Now().Sub(start))
