@@ -8,6 +8,8 @@ import (
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
 	"github.com/erply-sessiond/erply-sessiond/config"
+	"github.com/erply-sessiond/erply-sessiond/login"
+	"github.com/erply-sessiond/erply-sessiond/pool"
 	"github.com/erply-sessiond/erply-sessiond/upstream/erplytest"
 )
 
@@ -290,6 +292,75 @@ func TestEntryInsideMarginNotChecked(t *testing.T) {
 	}
 	if v, _ := e.logins(); v != 1 {
 		t.Errorf("%d verifyUser, want 1", v)
+	}
+}
+
+// A login that got in before the restore (a caller's Get) is left alone.
+func TestRestoreLeavesALiveLoginAlone(t *testing.T) {
+	e := newEnv(t)
+	d1 := e.start(e.password1h("pos"))
+	saved := d1.key("pos")
+	d1.shutdown()
+
+	st, err := Open(e.dir, Options{Clock: e.clk})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	p, err := pool.New(pool.Options{MethodFor: login.Methods(e.client), Upstream: e.client,
+		Credentials: []config.Credential{e.password1h("pos")}, Clock: e.clk, Policy: e.policy})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.Close()
+	live, err := p.Get(t.Context(), "pos")
+	if err != nil {
+		t.Fatal(err)
+	}
+	rep := st.Restore(t.Context(), p, e.client, []config.Credential{e.password1h("pos")}, e.policy)
+	if o, _ := rep.Outcome("pos"); o.Result != Skipped || o.Reason != ReasonInUse {
+		t.Errorf("outcome %+v, want skipped: %s", o, ReasonInUse)
+	}
+	if now, _ := p.Snapshot("pos"); now.Session.SessionKey != live.Session.SessionKey || now.Session.SessionKey == saved {
+		t.Error("the restore replaced the session a login had just made")
+	}
+}
+
+// With Erply unreachable, a saved expiry measured on a local clock that
+// has since gone back cannot be trusted: an ordinary login instead.
+func TestUnreachableAfterClockWentBack(t *testing.T) {
+	e := newEnv(t)
+	e.clk.Advance(time.Hour)
+	d1 := e.start(e.password1h("pos"))
+	d1.key("pos")
+	d1.shutdown()
+	e.clk.Set(start.Add(30 * time.Minute)) // before the session was measured
+	e.fake.Inject(erplytest.Fault{HTTPStatus: 503})
+	d2 := e.start(e.password1h("pos"))
+	if o := d2.outcome("pos"); o.Result != Skipped || o.Reason != ReasonClock {
+		t.Errorf("outcome %+v, want skipped: %s", o, ReasonClock)
+	}
+	d2.unavailable("pos")
+}
+
+// Close ends the re-checks of sessions restored while Erply was unreachable.
+func TestCloseStopsRechecks(t *testing.T) {
+	e := newEnv(t)
+	d1 := e.start(e.password1h("pos"))
+	d1.key("pos")
+	d1.shutdown()
+	e.fake.Inject(erplytest.Fault{HTTPStatus: 503})
+	d2 := e.start(e.password1h("pos"))
+	if o := d2.outcome("pos"); o.Result != Unverified {
+		t.Fatalf("outcome %+v, want unverified", o)
+	}
+	if err := d2.store.Close(); err != nil {
+		t.Fatal(err)
+	}
+	e.fake.ResetCounters()
+	e.clk.Advance(10 * time.Minute)
+	if n := e.fake.Calls("getSessionKeyInfo"); n != 0 {
+		t.Errorf("%d checks after Close, want 0", n)
 	}
 }
 

@@ -249,6 +249,23 @@ func TestStateFileModeAndNoSecrets(t *testing.T) {
 			t.Errorf("temporary file %s left behind", de.Name())
 		}
 	}
+
+	// Every kind comes back without a login of any kind.
+	e.fake.ResetCounters()
+	d2 := e.start(creds...)
+	for _, c := range creds {
+		if o := d2.outcome(c.Name); o.Result != Restored {
+			t.Errorf("%s (%s): outcome %+v, want restored", c.Name, c.Kind, o)
+		}
+		if d2.key(c.Name) != keys[c.Name] {
+			t.Errorf("%s (%s): another key after the restart", c.Name, c.Kind)
+		}
+	}
+	for _, call := range []string{"verifyUser", "switchUser", "verifyIdentityToken", "verifyOAuthToken"} {
+		if n := e.fake.Calls(call); n != 0 {
+			t.Errorf("%d %s after the restart, want 0", n, call)
+		}
+	}
 }
 
 // A saved session comes back exactly as Erply sent it: user fields, JWTs,
