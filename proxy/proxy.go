@@ -59,6 +59,10 @@ type Upstream interface {
 	// clientCode and sendContentType=1 added, and returns the reply unread;
 	// an error means no reply and never quotes the URL.
 	Post(ctx context.Context, acct upstream.Account, form url.Values) (*http.Response, error)
+	// SessionKeyDead reports whether Erply refuses sessionKey (its
+	// getSessionKeyInfo answers 1054/1055). The proxy asks after an HTTP
+	// 403, which Erply may send for an expired session instead of 1054.
+	SessionKeyDead(ctx context.Context, acct upstream.Account, sessionKey string) bool
 	// CloseIdleConnections closes the connections kept alive for reuse.
 	CloseIdleConnections()
 }
@@ -118,9 +122,11 @@ type Options struct {
 //   - Erply's answer, whatever its HTTP status or errorCode: the status, the
 //     Content-Type, Content-Encoding and Retry-After headers, and the body
 //     bytes unchanged (a gzip transfer the proxy asked for is decoded).
-//   - After a 1054/1055: the key is invalidated (compare-and-refresh, so
+//   - After a 1054/1055, or an HTTP 403 for a key that getSessionKeyInfo
+//     then says is dead: the key is invalidated (compare-and-refresh, so
 //     many callers failing with one key cause one login) and the call is
-//     re-sent once with the new key; that second answer is relayed as it is.
+//     re-sent once with the new key; that second answer is relayed as it
+//     is. A 403 for a live key is relayed as it is, with no login.
 //   - After an HTTP 429 or a 1002, the triggering caller gets that answer and
 //     the client code is paused (429: Retry-After, at least 10 s; 1002: until
 //     the hour turns on Erply's clock); until then callers get 503
@@ -303,7 +309,7 @@ func (p *Proxy) serve(w http.ResponseWriter, r *http.Request, ex *exchange) {
 			p.fail(w, ex, perr)
 			return
 		}
-		if reply.sessionInvalid() && !ex.retried {
+		if !ex.retried && (reply.sessionInvalid() || p.forbiddenDeadKey(ctx, snap, reply)) {
 			reply.discard()
 			ex.retried = true
 			p.metrics.retries.WithLabelValues(ex.name).Inc()
@@ -406,6 +412,13 @@ func (p *Proxy) send(ctx context.Context, snap *pool.Snapshot, form url.Values) 
 		}
 	}
 	return rep, nil
+}
+
+// forbiddenDeadKey reports whether rep is an HTTP 403 to a call made with
+// a key that Erply no longer knows, which is handled as a 1054.
+func (p *Proxy) forbiddenDeadKey(ctx context.Context, snap *pool.Snapshot, rep *reply) bool {
+	return rep.resp.StatusCode == http.StatusForbidden &&
+		p.up.SessionKeyDead(ctx, upstream.Account{ClientCode: snap.ClientCode, APIURL: snap.APIURL}, snap.Session.SessionKey)
 }
 
 // limitsFrom pauses the client code after an HTTP 429 or an Erply 1002.

@@ -2,6 +2,7 @@ package upstream
 
 import (
 	"context"
+	"errors"
 	"net/url"
 	"strconv"
 )
@@ -55,7 +56,9 @@ func (c *Client) GetSessionKeyUser(ctx context.Context, acct Account, sessionKey
 	const request = "getSessionKeyUser"
 	var s *Session
 	_, err := c.call(ctx, acct, request, url.Values{"sessionKey": {sessionKey}}, func(r *Reply) (err error) {
-		s, err = decodeSession(request, r)
+		if s, err = decodeSession(request, r); err == nil {
+			c.warnUnreadableIDs(request, r)
+		}
 		return err
 	})
 	if err != nil {
@@ -96,6 +99,9 @@ func (c *Client) login(ctx context.Context, acct Account, request string, form u
 		if s, err = decodeSession(request, r); err == nil && s.SessionKey == "" {
 			err = badReply("no sessionKey")
 		}
+		if err == nil {
+			c.warnUnreadableIDs(request, r)
+		}
 		return err
 	})
 	if err != nil {
@@ -108,4 +114,27 @@ func setSessionLength(form url.Values, seconds int) {
 	if seconds > 0 {
 		form.Set("sessionLength", strconv.Itoa(seconds))
 	}
+}
+
+// warnUnreadableIDs logs one warning for a session reply whose ID fields
+// are not numbers (they were read as 0). It names the fields, never values.
+func (c *Client) warnUnreadableIDs(request string, r *Reply) {
+	if bad := unreadableIDs(r); len(bad) > 0 {
+		c.log.Warn().Str("request", request).Strs("fields", bad).
+			Msg("erply reply: ID fields that are not numbers were read as 0")
+	}
+}
+
+// SessionKeyDead reports whether Erply refuses sessionKey: it asks
+// getSessionKeyInfo and says true only when that answers 1054 or 1055.
+// Erply's wiki says an expired session may be answered with HTTP 403
+// instead of 1054; this tells such a 403 from one for another reason,
+// which must not cost a login. Any other outcome (a live key, no answer, a
+// 403 to getSessionKeyInfo itself) is false.
+func (c *Client) SessionKeyDead(ctx context.Context, acct Account, sessionKey string) bool {
+	if sessionKey == "" {
+		return false
+	}
+	_, err := c.GetSessionKeyInfo(ctx, acct, sessionKey)
+	return errors.Is(err, ErrSessionInvalid)
 }

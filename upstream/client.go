@@ -191,7 +191,10 @@ func (c *Client) CloseIdleConnections() { c.http.CloseIdleConnections() }
 // retry (network failures before a reply, HTTP 5xx, HTTP 429 after at least
 // RateLimitWait, error 1000) and nothing else. Every error is an *Error. When
 // Erply answered with an error code, the decoded Reply comes back with the
-// *Error, so that a caller can pass Erply's answer on.
+// *Error, so that a caller can pass Erply's answer on. An HTTP 403 to a call
+// that carried a sessionKey is checked with SessionKeyDead: for a dead key
+// the error is Code 1054 (ErrSessionInvalid, HTTPStatus 403, no Reply); for
+// a live one it stays the HTTP 403.
 func (c *Client) Call(ctx context.Context, acct Account, request string, form url.Values) (*Reply, error) {
 	return c.call(ctx, acct, request, form, nil)
 }
@@ -203,6 +206,13 @@ func (c *Client) call(ctx context.Context, acct Account, request string, form ur
 	start := c.clock.Now()
 	st := &callState{c: c, ctx: ctx, request: request, decode: decode}
 	reply, err := st.do(acct, form)
+	var e *Error
+	if errors.As(err, &e) && e.HTTPStatus == http.StatusForbidden && e.Code == 0 &&
+		request != "getSessionKeyInfo" && c.SessionKeyDead(ctx, acct, form.Get("sessionKey")) {
+		// An HTTP 403 for a key Erply no longer knows: the same as 1054, so
+		// that callers refresh the session (compare-and-refresh).
+		err = &Error{Request: request, Code: CodeSessionExpired, HTTPStatus: http.StatusForbidden}
+	}
 	took := c.clock.Now().Sub(start)
 	class := Result(err)
 	if c.duration != nil {

@@ -363,7 +363,7 @@ func TestSessionLengthOmittedWhenZero(t *testing.T) {
 // TestVerifyUserRealShapedReply decodes a full verifyUser reply with string
 // numbers, both endpoint list shapes, and fields this client does not know.
 func TestVerifyUserRealShapedReply(t *testing.T) {
-	body := fixture(t, "verifyUser.json")
+	body := fixture(t, "leniency/verifyUser.json")
 	f := newFake(t, func(w http.ResponseWriter, r *http.Request, _ int64) { writeJSON(w, body) })
 	c, _ := newClient(t, nil)
 	s, err := c.VerifyUser(t.Context(), f.account(), "demo@example.com", password, 3600)
@@ -510,7 +510,8 @@ func TestLooseTypes(t *testing.T) {
 	}
 }
 
-// TestFixtures decodes the reply files the fuzz corpus starts from.
+// TestFixtures decodes the reply files the fuzz corpus starts from: the
+// realistic ones and the leniency seeds alike.
 func TestFixtures(t *testing.T) {
 	serve := func(t *testing.T, name string) upstream.Account {
 		body := fixture(t, name)
@@ -518,21 +519,35 @@ func TestFixtures(t *testing.T) {
 	}
 	c, _ := newClient(t, nil)
 	ctx := t.Context()
-	j, err := c.GetJwtToken(ctx, serve(t, "getJwtToken.json"), sessionKey)
-	if err != nil || !j.Expires.Equal(time.Unix(1700086400, 0)) || !j.ServerTime.Equal(time.Unix(1700000000, 0)) {
-		t.Errorf("getJwtToken = %+v, %v", j, err)
+	for _, dir := range []string{"real", "leniency"} {
+		j, err := c.GetJwtToken(ctx, serve(t, dir+"/getJwtToken.json"), sessionKey)
+		if err != nil || !j.Expires.Equal(time.Unix(1700086400, 0)) || !j.ServerTime.Equal(time.Unix(1700000000, 0)) {
+			t.Errorf("%s getJwtToken = %+v, %v", dir, j, err)
+		}
+		j, err = c.GetIdentityToken(ctx, serve(t, dir+"/getIdentityToken.json"), sessionKey)
+		if err != nil || !j.Expires.Equal(time.Unix(1700003600, 0)) {
+			t.Errorf("%s getIdentityToken = %+v, %v", dir, j, err)
+		}
+		i, err := c.GetSessionKeyInfo(ctx, serve(t, dir+"/getSessionKeyInfo.json"), sessionKey)
+		if err != nil || i.Remaining() != time.Hour-100*time.Second {
+			t.Errorf("%s getSessionKeyInfo = %+v, %v", dir, i, err)
+		}
+		v, err := c.VerifyUser(ctx, serve(t, dir+"/verifyUser.json"), "demo@example.com", password, 3600)
+		if err != nil || v.SessionKey != "sk-abcdef0123456789" || v.SessionLength != 3600 || v.UserID != 6 || v.EmployeeID != 12 || v.GroupID != 3 {
+			t.Errorf("%s verifyUser = %+v, %v", dir, v, err)
+		}
+		_, err = c.VerifyUser(ctx, serve(t, dir+"/error1002.json"), "demo@example.com", password, 3600)
+		if !errors.Is(err, upstream.ErrQuota) {
+			t.Errorf("%s error1002: %v, want ErrQuota", dir, err)
+		}
 	}
-	j, err = c.GetIdentityToken(ctx, serve(t, "getIdentityToken.json"), sessionKey)
-	if err != nil || !j.Expires.Equal(time.Unix(1700003600, 0)) {
-		t.Errorf("getIdentityToken = %+v, %v", j, err)
-	}
-	s, err := c.VerifyIdentityToken(ctx, serve(t, "verifyIdentityToken.json"), identJWT)
+	s, err := c.VerifyIdentityToken(ctx, serve(t, "real/verifyIdentityToken.json"), identJWT)
 	if err != nil || s.SessionKey != "sk-from-jwt" {
 		t.Errorf("verifyIdentityToken = %+v, %v", s, err)
 	}
-	i, err := c.GetSessionKeyInfo(ctx, serve(t, "getSessionKeyInfo.json"), sessionKey)
-	if err != nil || i.Remaining() != time.Hour-100*time.Second {
-		t.Errorf("getSessionKeyInfo = %+v, %v", i, err)
+	real := fixture(t, "real/verifyUser.json")
+	if strings.Contains(string(real), `"sessionLength":"`) || !strings.Contains(string(real), `"userID":"6"`) {
+		t.Error("real/verifyUser.json is not shaped as Erply sends it")
 	}
 }
 
@@ -571,7 +586,7 @@ func TestBadReplies(t *testing.T) {
 		{"records not an object", okReply("verifyUser", `["`+password+`"]`), ""},
 		{"no sessionKey", okReply("verifyUser", `[{"userID":1}]`), ""},
 		{"sessionKey an object", okReply("verifyUser", `[{"sessionKey":{"a":1}}]`), ""},
-		{"userID not a number", okReply("verifyUser", `[{"sessionKey":"k","userID":"`+password+`"}]`), ""},
+		{"sessionLength not a number", okReply("verifyUser", `[{"sessionKey":"k","sessionLength":"`+password+`"}]`), ""},
 		{"negative sessionLength", okReply("verifyUser", `[{"sessionKey":"k","sessionLength":-5}]`), ""},
 		{"jwt without token", okReply("getJwtToken", `{"token":""}`), "jwt"},
 		{"info without expiry", okReply("getSessionKeyInfo", `[{"creationUnixTime":1}]`), "info"},
@@ -678,7 +693,7 @@ func TestErrorFamilies(t *testing.T) {
 // TestCallReturnsReplyWithErplyError: Call hands back Erply's decoded reply
 // along with the error, so that a proxy can pass it on unchanged.
 func TestCallReturnsReplyWithErplyError(t *testing.T) {
-	body := fixture(t, "error1051.json")
+	body := fixture(t, "real/error1051.json")
 	f := newFake(t, func(w http.ResponseWriter, r *http.Request, _ int64) { writeJSON(w, body) })
 	c, _ := newClient(t, nil)
 	reply, err := c.Call(t.Context(), f.account(), "verifyUser", url.Values{"username": {"u"}, "password": {password}})
@@ -713,7 +728,7 @@ func TestCallRecordsBothShapes(t *testing.T) {
 
 func TestQuotaRetryAfter(t *testing.T) {
 	t.Run("Erply's clock", func(t *testing.T) {
-		body := fixture(t, "error1002.json") // requestUnixTime 1699999940
+		body := fixture(t, "real/error1002.json") // requestUnixTime 1699999940
 		f := newFake(t, func(w http.ResponseWriter, r *http.Request, _ int64) { writeJSON(w, body) })
 		c, _ := newClient(t, nil)
 		_, err := c.VerifyUser(t.Context(), f.account(), "u", password, 0)

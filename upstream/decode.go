@@ -157,24 +157,41 @@ func decodeSession(request string, r *Reply) (*Session, error) {
 			return nil, badReply("field " + x.name + " is not a string")
 		}
 	}
-	for _, x := range []struct {
-		name string
-		dst  *int64
-	}{
-		{"sessionLength", &s.SessionLength},
-		{"userID", &s.UserID},
-		{"employeeID", &s.EmployeeID},
-		{"groupID", &s.GroupID},
-	} {
-		if *x.dst, err = f.int(x.name); err != nil {
-			return nil, badReply("field " + x.name + " is not a number")
-		}
+	if s.SessionLength, err = f.int("sessionLength"); err != nil {
+		return nil, badReply("field sessionLength is not a number")
 	}
+	// An ID that is not a number is read as 0 (unreadableIDs names it for a
+	// warning): a login must not be lost over an ID, which the official SDK
+	// treats as a string anyway.
+	s.UserID, _ = f.int("userID")
+	s.EmployeeID, _ = f.int("employeeID")
+	s.GroupID, _ = f.int("groupID")
 	if s.SessionLength < 0 {
 		return nil, badReply("negative sessionLength")
 	}
 	s.Endpoints = endpointLists(f)
 	return s, nil
+}
+
+// unreadableIDs names the ID fields (userID, employeeID, groupID) of a
+// session reply's record that are present but not numbers, which
+// decodeSession read as 0.
+func unreadableIDs(r *Reply) []string {
+	rec, err := r.FirstRecord()
+	if err != nil {
+		return nil
+	}
+	f, err := objectFields(rec)
+	if err != nil {
+		return nil
+	}
+	var bad []string
+	for _, name := range []string{"userID", "employeeID", "groupID"} {
+		if _, err := f.int(name); err != nil {
+			bad = append(bad, name)
+		}
+	}
+	return bad
 }
 
 // endpointLists finds every endpoint list of a record: a field whose value is

@@ -15,7 +15,7 @@ import (
 // decoders behind it: they must never panic, and each must return either an
 // error of the right kind or a result that agrees with its input.
 func FuzzDecodeReply(f *testing.F) {
-	files, err := filepath.Glob(filepath.Join("testdata", "*.json"))
+	files, err := filepath.Glob(filepath.Join("testdata", "*", "*.json"))
 	if err != nil || len(files) == 0 {
 		f.Fatalf("no seed replies in testdata: %v", err)
 	}

@@ -26,6 +26,11 @@ func (s *Server) dispatch(clientCode, request string, form url.Values, ip string
 	switch request {
 	case "":
 		return now, nil, codeUnknownRequest, "request"
+	}
+	if len(form["sessionKey"]) > 1 {
+		return now, nil, codeInvalidValue, "sessionKey"
+	}
+	switch request {
 	case "verifyUser":
 		records, code, field = s.verifyUser(a, form, now, ip)
 		return now, records, code, field
@@ -223,19 +228,21 @@ func lengthParam(v string) time.Duration {
 // verifyOAuthToken, changePassword and getSessionKeyUser return.
 func (s *Server) loginRecordLocked(a *Account, u *userState, ss *session, now time.Time, form url.Values, ip string) map[string]any {
 	rec := map[string]any{
-		"userID":            strconv.Itoa(u.UserID),
-		"userName":          u.Username,
-		"employeeID":        strconv.Itoa(u.EmployeeID),
-		"employeeName":      u.EmployeeName,
-		"groupID":           strconv.Itoa(u.GroupID),
-		"groupName":         u.GroupName,
-		"ipAddress":         ip,
-		"sessionKey":        ss.key,
-		"sessionLength":     ss.length,
-		"isPasswordExpired": false,
-		"loginUrl":          "https://" + a.clientCode + ".erply.example/",
-		"berlinPOSVersion":  "4.19",
-		"token":             s.tokenLocked(issuerErply, ss, now),
+		"userID":             strconv.Itoa(u.UserID),
+		"userName":           u.Username,
+		"employeeID":         strconv.Itoa(u.EmployeeID),
+		"employeeName":       u.EmployeeName,
+		"groupID":            strconv.Itoa(u.GroupID),
+		"groupName":          u.GroupName,
+		"ipAddress":          ip,
+		"sessionKey":         ss.key,
+		"sessionLength":      ss.length,
+		"isPasswordExpired":  false,
+		"loginUrl":           "https://" + a.clientCode + ".erply.example/",
+		"berlinPOSVersion":   "4.19",
+		"berlinPOSAssetsURL": "https://assets.erply.example/berlin/4.19/",
+		"epsiURL":            "https://epsi.erply.example/" + a.clientCode + "/",
+		"token":              s.tokenLocked(issuerErply, ss, now),
 	}
 	if form.Get("doNotGenerateIdentityToken") != "1" {
 		rec["identityToken"] = s.tokenLocked(issuerIdentity, ss, now)

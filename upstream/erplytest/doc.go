@@ -5,6 +5,7 @@ package erplytest
 // upstream; they are repeated here rather than imported so that upstream's
 // own in-package tests can import erplytest without an import cycle.
 const (
+	codeAccountNotFound  = 1001
 	codeUnknownRequest   = 1005
 	codeMissingParameter = 1010
 	codeSameValue        = 1012

@@ -123,8 +123,9 @@ func (e *env) wantError(r reply, code int, field string) {
 	if r.Status.ResponseStatus != "error" || r.Status.ErrorCode != code || r.Status.ErrorField != field {
 		e.t.Fatalf("%s: status %+v, want error %d field %q", r.Status.Request, r.Status, code, field)
 	}
-	if string(r.Records) != "null" {
-		e.t.Fatalf("%s: error reply records = %s, want null", r.Status.Request, r.Records)
+	if string(r.Records) != "[]" || r.Status.RecordsTotal != 0 || r.Status.RecordsInResponse != 0 {
+		e.t.Fatalf("%s: error reply records = %s (%d/%d), want [] as Erply sends", r.Status.Request, r.Records,
+			r.Status.RecordsTotal, r.Status.RecordsInResponse)
 	}
 }
 

@@ -7,6 +7,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"net/url"
+	"sort"
 	"strconv"
 	"strings"
 	"sync"
@@ -26,18 +27,25 @@ const maxBody = 1 << 20
 // live, so a proxy can forward arbitrary calls. Session expiry, login blocks
 // and JWT lifetimes are measured on the injected clock.
 //
-// Wire format: POST to /{clientCode}/api/ with an
-// application/x-www-form-urlencoded body. Parameters are read from the body
-// only; a query string is ignored (and counted by QueryStringsSeen). Replies
-// are HTTP 200 with Erply's {"status":{…},"records":…} envelope; "records" is
-// an array, except for getJwtToken, getIdentityToken and verifyIdentityToken
-// where it is an object, and null in error replies. userID, employeeID and
-// groupID are sent as strings and sessionLength as a number, as real Erply does.
+// Wire format: POST to /{clientCode}/api/. Parameters are read from an
+// application/x-www-form-urlencoded body and from the URL's query string, as
+// real Erply does (the official Go SDK sends every parameter in the query
+// unless told otherwise); a body value comes before a query value of the same
+// name. Requests with a query string are counted by QueryStringsSeen and the
+// names that arrived there by QueryFieldsSeen, so tests can assert that
+// secrets never travel in URLs. Replies are HTTP 200 with Erply's
+// {"status":{…},"records":…} envelope; "records" is an array, except for
+// getJwtToken, getIdentityToken and verifyIdentityToken where it is an
+// object, and [] in error replies. userID, employeeID and groupID are sent as
+// strings and sessionLength as a number, as real Erply does.
 //
 // Choices where Erply's documentation is silent:
 //   - A path that is not /{clientCode}/api/, or whose client code differs from
 //     the form's clientCode, gets HTTP 404 (as a wrong host name would); any
-//     method but POST gets HTTP 405.
+//     method but POST gets HTTP 405. A request without clientCode gets
+//     Erply's error 1001 (account not found). None of these is counted.
+//   - A request with more than one sessionKey value gets 1016 with errorField
+//     sessionKey, rather than one of them picked silently.
 //   - A login (verifyUser, verifyIdentityToken, verifyOAuthToken) to an
 //     account never added gets 1053, as does verifyUser for a user without a
 //     password. An unknown user name gets 1051 and counts no failure.
@@ -77,6 +85,7 @@ type Server struct {
 	inFlight    int
 	maxInFlight int
 	queries     int
+	queryFields map[string]bool
 
 	// testHook, if set before the first request, is told "latency-wait" when
 	// a Latency fault starts waiting and "latency-abort" when such a wait ends
@@ -108,6 +117,13 @@ type Fault struct {
 	Drop bool
 	// HTTPStatus answers with this HTTP status and a small non-JSON body.
 	HTTPStatus int
+	// DeadKeyHTTPStatus answers with this HTTP status and a small non-JSON
+	// body only a call whose sessionKey Erply would refuse with 1054 or 1055
+	// (expired, deleted or never issued), as Erply's wiki says an expired
+	// session may be answered with HTTP 403. A call with a live key or
+	// without one, and switchUser (whose parent key may be expired by
+	// design), does not match and does not use up Count.
+	DeadKeyHTTPStatus int
 	// RetryAfter, if positive, is sent as a Retry-After header (whole seconds,
 	// rounded up) with HTTPStatus, e.g. for 429.
 	RetryAfter time.Duration
@@ -136,6 +152,7 @@ func New(clk clock.Clock) *Server {
 		calls:       make(map[string]int),
 		callsFor:    make(map[callKey]int),
 		lastForm:    make(map[string]url.Values),
+		queryFields: make(map[string]bool),
 	}
 	s.ts = httptest.NewServer(http.HandlerFunc(s.serveHTTP))
 	return s
@@ -147,6 +164,11 @@ func (s *Server) Close() {
 	s.cancel()
 	s.ts.Close()
 }
+
+// Handler returns the fake's HTTP handler, for serving it on a listener of
+// the caller's own (TLS, an added network delay). Requests it serves share
+// the server's state and counters.
+func (s *Server) Handler() http.Handler { return http.HandlerFunc(s.serveHTTP) }
 
 // URL returns the server's base URL, http://127.0.0.1:PORT.
 func (s *Server) URL() string { return s.ts.URL }
@@ -246,6 +268,19 @@ func (s *Server) QueryStringsSeen() int {
 	return s.queries
 }
 
+// QueryFieldsSeen returns the sorted names of the parameters that arrived in
+// a URL's query string since the last ResetCounters (never their values).
+func (s *Server) QueryFieldsSeen() []string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	names := make([]string, 0, len(s.queryFields))
+	for k := range s.queryFields {
+		names = append(names, k)
+	}
+	sort.Strings(names)
+	return names
+}
+
 // ResetCounters zeroes the call counters, forgets the recorded forms and
 // query strings, and restarts MaxInFlight from the requests in flight now.
 func (s *Server) ResetCounters() {
@@ -257,6 +292,7 @@ func (s *Server) ResetCounters() {
 	s.lastForm = make(map[string]url.Values)
 	s.maxInFlight = s.inFlight
 	s.queries = 0
+	s.queryFields = make(map[string]bool)
 }
 
 func (s *Server) serveHTTP(w http.ResponseWriter, r *http.Request) {
@@ -265,6 +301,11 @@ func (s *Server) serveHTTP(w http.ResponseWriter, r *http.Request) {
 	s.maxInFlight = max(s.maxInFlight, s.inFlight)
 	if r.URL.RawQuery != "" {
 		s.queries++
+		if q, err := url.ParseQuery(r.URL.RawQuery); err == nil {
+			for k := range q {
+				s.queryFields[k] = true
+			}
+		}
 	}
 	s.mu.Unlock()
 	defer func() {
@@ -288,13 +329,17 @@ func (s *Server) serveHTTP(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, "bad request", http.StatusBadRequest)
 		return
 	}
-	form := r.PostForm
+	form := r.Form // the body's values first, then the query's
 	clientCode := form.Get("clientCode")
+	request := form.Get("request")
+	if clientCode == "" {
+		writeEnvelope(w, request, s.clk.Now(), nil, codeAccountNotFound, "")
+		return
+	}
 	if clientCode != pathCode {
 		http.NotFound(w, r)
 		return
 	}
-	request := form.Get("request")
 	fault, handler := s.record(clientCode, request, form)
 
 	if fault != nil {
@@ -306,7 +351,10 @@ func (s *Server) serveHTTP(w http.ResponseWriter, r *http.Request) {
 		case fault.Drop:
 			drop(w)
 			return
-		case fault.HTTPStatus != 0:
+		case fault.HTTPStatus != 0 || fault.DeadKeyHTTPStatus != 0:
+			if fault.HTTPStatus == 0 {
+				fault.HTTPStatus = fault.DeadKeyHTTPStatus
+			}
 			if fault.RetryAfter > 0 {
 				secs := (fault.RetryAfter + time.Second - 1) / time.Second
 				w.Header().Set("Retry-After", strconv.Itoa(int(secs)))
@@ -356,6 +404,9 @@ func (s *Server) record(clientCode, request string, form url.Values) (*Fault, fu
 		if (af.f.Request != "" && af.f.Request != request) || (af.f.ClientCode != "" && af.f.ClientCode != clientCode) {
 			continue
 		}
+		if af.f.DeadKeyHTTPStatus != 0 && !s.deadKeyLocked(clientCode, request, form) {
+			continue
+		}
 		f := af.f
 		fault = &f
 		if af.left > 0 {
@@ -367,6 +418,18 @@ func (s *Server) record(clientCode, request string, form url.Values) (*Fault, fu
 		break
 	}
 	return fault, s.handlers[request]
+}
+
+// deadKeyLocked reports whether the call carries a sessionKey that Erply
+// would refuse (1054/1055); switchUser never counts, as it may use an
+// expired parent key.
+func (s *Server) deadKeyLocked(clientCode, request string, form url.Values) bool {
+	key := form.Get("sessionKey")
+	if key == "" || request == "switchUser" {
+		return false
+	}
+	_, code := s.liveSessionLocked(clientCode, key, s.clk.Now())
+	return code != 0
 }
 
 // wait sleeps d of real time; it reports false if the request or the server
@@ -412,7 +475,7 @@ type status struct {
 }
 
 // writeEnvelope writes Erply's reply envelope. records is a []any, a
-// map[string]any, or nil for an error.
+// map[string]any, or nil for an error (sent as [], as Erply does).
 func writeEnvelope(w http.ResponseWriter, request string, now time.Time, records any, code int, field string) {
 	st := status{
 		Request:         request,
@@ -424,11 +487,13 @@ func writeEnvelope(w http.ResponseWriter, request string, now time.Time, records
 	}
 	if code != 0 {
 		st.ResponseStatus = "error"
-		records = nil
+		records = []any{}
 	}
 	switch r := records.(type) {
 	case []any:
-		st.RecordsTotal, st.RecordsInResponse = len(r), len(r)
+		if code == 0 {
+			st.RecordsTotal, st.RecordsInResponse = len(r), len(r)
+		}
 	case map[string]any:
 		st.RecordsTotal, st.RecordsInResponse = 1, 1
 	}

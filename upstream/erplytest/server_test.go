@@ -6,6 +6,7 @@ import (
 	"errors"
 	"net/http"
 	"net/url"
+	"reflect"
 	"strings"
 	"sync"
 	"testing"
@@ -258,23 +259,24 @@ func TestCountersAndRouting(t *testing.T) {
 		t.Errorf("TotalCalls = %d after rejected requests, want 4", got)
 	}
 
-	// Parameters come from the body only; a query string is counted.
+	// Parameters in the query string are read as Erply reads them, and
+	// counted: the request and whose names arrived there.
 	_, body, err := e.post(context.Background(), e.apiURL(e.cc)+"?request=verifyUser&password=leak",
 		url.Values{"clientCode": {e.cc}})
 	if err != nil {
 		t.Fatal(err)
 	}
 	var r reply
-	if err := json.Unmarshal(body, &r); err != nil || r.Status.ErrorCode != 1005 || r.Status.ErrorField != "request" {
-		t.Errorf("request named only in the query string: %s (%v), want error 1005", body, err)
+	if err := json.Unmarshal(body, &r); err != nil || r.Status.Request != "verifyUser" || r.Status.ErrorCode != 1050 {
+		t.Errorf("verifyUser named in the query string without a user name: %s (%v), want error 1050", body, err)
 	}
-	if e.s.QueryStringsSeen() != 1 {
-		t.Errorf("QueryStringsSeen = %d, want 1", e.s.QueryStringsSeen())
+	if e.s.QueryStringsSeen() != 1 || !reflect.DeepEqual(e.s.QueryFieldsSeen(), []string{"password", "request"}) {
+		t.Errorf("QueryStringsSeen = %d, QueryFieldsSeen = %v; want 1, [password request]", e.s.QueryStringsSeen(), e.s.QueryFieldsSeen())
 	}
 
 	e.s.ResetCounters()
 	if e.s.Calls("verifyUser") != 0 || e.s.CallsFor(e.cc, "verifyUser") != 0 || e.s.TotalCalls() != 0 ||
-		e.s.LastForm("verifyUser") != nil || e.s.QueryStringsSeen() != 0 || e.s.MaxInFlight() != 0 {
+		e.s.LastForm("verifyUser") != nil || e.s.QueryStringsSeen() != 0 || len(e.s.QueryFieldsSeen()) != 0 || e.s.MaxInFlight() != 0 {
 		t.Error("ResetCounters left counts behind")
 	}
 }
