@@ -98,9 +98,17 @@ func TestE2ESessionRoutes(t *testing.T) {
 		}
 		var list []map[string]any
 		jsonBody(t, body, &list)
+		for _, it := range list {
+			// The refresh point is jittered: check it lies in its window, then compare the rest.
+			at, err := time.Parse(time.RFC3339, fmt.Sprint(it["refreshAt"]))
+			if off := at.Sub(time.Date(2026, 11, 23, 8, 0, 0, 0, time.UTC)); err != nil || off < 37*time.Minute || off > 44*time.Minute {
+				t.Fatalf("%v: refreshAt %v is not about two thirds into the hour", it["name"], it["refreshAt"])
+			}
+			delete(it, "refreshAt")
+		}
 		want := []map[string]any{
-			{"name": "pos", "kind": "password", "clientCode": d.code, "state": "ok", "expiresAt": "2026-11-23T09:00:00Z", "lastError": ""},
-			{"name": "cashier", "kind": "pin", "clientCode": d.code, "state": "ok", "expiresAt": "2026-11-23T09:00:00Z", "lastError": ""},
+			{"name": "pos", "kind": "password", "clientCode": d.code, "state": "ok", "expiresAt": "2026-11-23T09:00:00Z", "logins": 1.0, "lastError": ""},
+			{"name": "cashier", "kind": "pin", "clientCode": d.code, "state": "ok", "expiresAt": "2026-11-23T09:00:00Z", "logins": 1.0, "lastError": ""},
 		}
 		if fmt.Sprint(list) != fmt.Sprint(want) {
 			t.Fatalf("list =\n%v\nwant\n%v", list, want)
