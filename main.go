@@ -9,23 +9,27 @@ import (
 	"os"
 	"os/signal"
 	"syscall"
+
+	"github.com/erply-sessiond/erply-sessiond/sdnotify"
 )
 
 // version is stamped at build time: -ldflags "-X main.version=…".
 var version = "dev"
 
 func main() {
-	if err := run(context.Background(), os.Args[1:], os.Stdout, os.Stderr); err != nil {
-		var ee exitError
-		if errors.As(err, &ee) {
-			if ee.err != nil {
-				fmt.Fprintln(os.Stderr, "erply-sessiond:", ee.err)
-			}
-			os.Exit(ee.code)
-		}
-		fmt.Fprintln(os.Stderr, "erply-sessiond:", err)
-		os.Exit(1)
+	err := run(context.Background(), os.Args[1:], os.Stdout, os.Stderr)
+	if err == nil {
+		return
 	}
+	code := 1
+	var ee exitError
+	if errors.As(err, &ee) {
+		code, err = ee.code, ee.err
+	}
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "erply-sessiond:", err)
+	}
+	os.Exit(code)
 }
 
 // exitError carries the exit status for errors that need one other than 1
@@ -44,11 +48,22 @@ func (e exitError) Error() string {
 
 func (e exitError) Unwrap() error { return e.err }
 
-// run is the whole program: it owns the signals and reads the environment once.
+// run is the whole program. It alone touches the process: it owns the
+// signals and reads the environment once.
 func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	ctx, stop := signal.NotifyContext(ctx, syscall.SIGTERM, os.Interrupt)
 	defer stop()
-	return runEnv(ctx, args, os.Environ(), stdout, stderr)
+	// SIGHUP asks a serving daemon to reload; the other commands ignore it.
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
+	environ := os.Environ()
+	// The passed sockets are this process's alone (sd_listen_fds(3)'s
+	// unset_environment): no child may take them for its own.
+	for _, k := range sdnotify.ActivationVars {
+		os.Unsetenv(k)
+	}
+	return runEnv(ctx, args, environ, hup, stdout, stderr)
 }
 
 const usage = `erply-sessiond keeps Erply API sessions alive and serves them on a Unix socket.
@@ -63,17 +78,18 @@ Usage:
 Run "erply-sessiond COMMAND -h" for a command's flags and variables.
 `
 
-// runEnv dispatches the subcommands with an explicit environment (tests pass their own).
-func runEnv(ctx context.Context, args, environ []string, stdout, stderr io.Writer) error {
+// runEnv dispatches the commands with an explicit environment and reload
+// signal (tests pass their own).
+func runEnv(ctx context.Context, args, environ []string, hup <-chan os.Signal, stdout, stderr io.Writer) error {
 	cmd := ""
 	if len(args) > 0 {
 		cmd, args = args[0], args[1:]
 	}
 	switch cmd {
 	case "", "serve", "run":
-		return serveCommand(ctx, args, environ, stdout, stderr)
+		return serveCommand(ctx, args, environ, hup, stderr)
 	case "demo":
-		return demoCommand(ctx, args, environ, stdout, stderr)
+		return demoCommand(ctx, args, environ, hup, stdout, stderr)
 	case "get":
 		return getCommand(ctx, args, environ, stdout, stderr)
 	case "check-config":

@@ -1,4 +1,4 @@
-package main
+package daemon_test
 
 import (
 	"bytes"
@@ -13,21 +13,20 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/goleak"
 
 	"github.com/erply-sessiond/erply-sessiond/client"
 	"github.com/erply-sessiond/erply-sessiond/clock"
+	"github.com/erply-sessiond/erply-sessiond/config"
+	"github.com/erply-sessiond/erply-sessiond/internal/daemon"
 	"github.com/erply-sessiond/erply-sessiond/upstream"
 	"github.com/erply-sessiond/erply-sessiond/upstream/erplytest"
 )
 
-func TestMain(m *testing.M) {
-	// goleak.Cleanup replaces os.Exit: exit after removing the binary the
-	// process tests built.
-	goleak.VerifyTestMain(m, goleak.Cleanup(func(code int) { removeBuiltBinary(); os.Exit(code) }))
-}
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
 
-// testDaemon is the real daemon (serve) running in-process against the fake
+// testDaemon is the real daemon (daemon.New, Run) running in-process against the fake
 // Erply, on a Unix socket in a short temporary directory.
 type testDaemon struct {
 	t      *testing.T
@@ -43,10 +42,10 @@ type testDaemon struct {
 	pwFile string
 
 	logs   *syncBuffer
-	hup    chan os.Signal
+	reg    *prometheus.Registry // the daemon's metrics
 	cancel context.CancelFunc
 	done   chan error
-	dm     *daemon
+	dm     *daemon.Daemon
 	client *client.Client
 	http   *http.Client
 }
@@ -81,7 +80,7 @@ func startDaemon(t *testing.T, o daemonOptions) *testDaemon {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { os.RemoveAll(dir) })
-	d := &testDaemon{t: t, dir: dir, socket: filepath.Join(dir, "s.sock"), logs: &syncBuffer{}, hup: make(chan os.Signal, 1), done: make(chan error, 1)}
+	d := &testDaemon{t: t, dir: dir, socket: filepath.Join(dir, "s.sock"), logs: &syncBuffer{}, reg: prometheus.NewRegistry(), done: make(chan error, 1)}
 	var clk clock.Clock = clock.Real{}
 	if !o.realClock {
 		d.clk = clock.NewFake(testStart)
@@ -119,22 +118,25 @@ func startDaemon(t *testing.T, o daemonOptions) *testDaemon {
 	if o.setup != nil {
 		o.setup(d)
 	}
-	cfg, err := loadConfig(d.environ(), d.logs)
+	environ := d.environ()
+	cfg, err := config.Load(environ)
 	if err != nil {
-		t.Fatalf("config: %v\n%s", err, d.logs)
+		t.Fatalf("config: %v", err)
 	}
 	up := upstream.Options{RetryMax: 2, RetryWaitMin: time.Millisecond, RetryWaitMax: 5 * time.Millisecond, RateLimitWait: 5 * time.Millisecond}
 	if o.upstream != nil {
 		up = *o.upstream
 	}
 	up.Clock = clk
-	ready := make(chan *daemon, 1)
+	ready := make(chan struct{})
+	d.dm, err = daemon.New(cfg, daemon.Options{Environ: environ, LogOutput: d.logs, Clock: clk, Upstream: up,
+		Registry: d.reg, Version: "test", Ready: func() { close(ready) }})
+	if err != nil {
+		t.Fatal(err)
+	}
 	ctx, cancel := context.WithCancel(context.Background())
 	d.cancel = cancel
-	go func() {
-		d.done <- serve(ctx, cfg, deps{environ: d.environ(), logOut: d.logs, hup: d.hup, clock: clk, upstream: up,
-			ready: func(dm *daemon) { ready <- dm }})
-	}()
+	go func() { d.done <- d.dm.Run(ctx) }()
 	t.Cleanup(func() { d.stop() })
 	d.client = client.New(d.socket)
 	t.Cleanup(d.client.CloseIdleConnections)
@@ -147,7 +149,7 @@ func startDaemon(t *testing.T, o daemonOptions) *testDaemon {
 		return d
 	}
 	select {
-	case d.dm = <-ready:
+	case <-ready:
 	case err := <-d.done:
 		d.done <- err
 		t.Fatalf("daemon exited before ready: %v\n%s", err, d.logs)
@@ -165,7 +167,7 @@ func (d *testDaemon) environ() []string {
 	return out
 }
 
-// stop cancels the daemon (as SIGTERM does) and returns serve's result.
+// stop cancels the daemon (as SIGTERM does) and returns Run's result.
 func (d *testDaemon) stop() error {
 	d.cancel()
 	select {

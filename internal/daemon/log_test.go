@@ -1,29 +1,15 @@
-package main
+package daemon
 
 import (
-	"os"
+	"bytes"
 	"strings"
 	"testing"
 
 	"github.com/rs/zerolog"
 )
 
-func TestDaemonServesAndStops(t *testing.T) {
-	d := startDaemon(t, daemonOptions{})
-	k := d.key("pos")
-	if !d.fake.SessionValid(k) {
-		t.Fatal("served key is not valid at the fake")
-	}
-	if err := d.stop(); err != nil {
-		t.Fatalf("serve returned %v after a requested stop, want nil (exit 0)", err)
-	}
-	if _, err := os.Lstat(d.socket); !os.IsNotExist(err) {
-		t.Fatalf("socket still there after shutdown: %v", err)
-	}
-}
-
 func TestLogLevelChangesAtRuntime(t *testing.T) {
-	var buf syncBuffer
+	var buf bytes.Buffer
 	lw := newLevelWriter(&buf, "json")
 	lw.setLevel("info")
 	log := zerolog.New(lw).Sample(lw).With().Str("component", "x").Logger()
