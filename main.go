@@ -16,24 +16,40 @@ import (
 // version is stamped at build time: -ldflags "-X main.version=…".
 var version = "dev"
 
+// Exit statuses, the same for every command; README.md ("Exit status")
+// documents them and systemd/erply-sessiond.service names exitConfig in
+// RestartPreventExitStatus=.
+const (
+	exitOK          = 0  // done; for the daemon also a stop asked for by SIGTERM or SIGINT
+	exitFailure     = 1  // a failure while running; for get, the daemon answered with an error
+	exitUsage       = 2  // unknown command, bad flags or arguments
+	exitUnreachable = 3  // get: no daemon answers on the socket
+	exitConfig      = 78 // invalid configuration (sysexits.h EX_CONFIG): restarting will not help
+)
+
 func main() {
-	err := run(context.Background(), os.Args[1:], os.Stdout, os.Stderr)
-	if err == nil {
-		return
-	}
-	code := 1
-	var ee exitError
-	if errors.As(err, &ee) {
-		code, err = ee.code, ee.err
-	}
+	code, err := exitStatus(run(context.Background(), os.Args[1:], os.Stdout, os.Stderr))
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "erply-sessiond:", err)
 	}
 	os.Exit(code)
 }
 
-// exitError carries the exit status for errors that need one other than 1
-// (or that were already reported: err nil).
+// exitStatus is the process's exit status for what run returned, and the
+// error still to print (nil when there is none or it was already reported).
+func exitStatus(err error) (int, error) {
+	if err == nil {
+		return exitOK, nil
+	}
+	var ee exitError
+	if errors.As(err, &ee) {
+		return ee.code, ee.err
+	}
+	return exitFailure, err
+}
+
+// exitError carries the exit status for errors that need one other than
+// exitFailure (or that were already reported: err nil).
 type exitError struct {
 	code int
 	err  error
@@ -76,6 +92,7 @@ Usage:
   erply-sessiond version         print the version
 
 Run "erply-sessiond COMMAND -h" for a command's flags and variables.
+Exit status: 0 ok, 1 failure, 2 usage, 3 no daemon (get), 78 invalid configuration.
 `
 
 // runEnv dispatches the commands with an explicit environment and reload
@@ -102,5 +119,5 @@ func runEnv(ctx context.Context, args, environ []string, hup <-chan os.Signal, s
 		return nil
 	}
 	fmt.Fprint(stderr, usage)
-	return exitError{code: 2, err: fmt.Errorf("unknown command %q", cmd)}
+	return exitError{code: exitUsage, err: fmt.Errorf("unknown command %q", cmd)}
 }

@@ -18,6 +18,7 @@ const serveUsage = `Usage: erply-sessiond [serve]
 Runs the daemon: logs in every credential in SESSIOND_CREDENTIALS, keeps the
 sessions alive, and serves them on the Unix socket SESSIOND_SOCKET until
 SIGTERM or SIGINT. SIGHUP reloads SESSIOND_ENV_FILE and the _FILE secrets.
+Exits 0 when stopped, 78 on an invalid configuration, 1 on another failure.
 
 Global variables (defaults in brackets):
   SESSIOND_CREDENTIALS        comma-separated credential names (a-z, 0-9, _)
@@ -89,7 +90,7 @@ func flagError(err error) error {
 	if errors.Is(err, flag.ErrHelp) {
 		return nil
 	}
-	return exitError{code: 2, err: err}
+	return exitError{code: exitUsage, err: err}
 }
 
 // loadConfig loads and validates, printing every problem on its own line.
@@ -100,7 +101,7 @@ func loadConfig(environ []string, stderr io.Writer) (*config.Config, error) {
 		for _, p := range ve.Problems {
 			fmt.Fprintln(stderr, "config:", p.String())
 		}
-		return nil, exitError{code: 2, err: fmt.Errorf("invalid configuration (%d problems)", len(ve.Problems))}
+		return nil, exitError{code: exitConfig, err: fmt.Errorf("invalid configuration (%d problems)", len(ve.Problems))}
 	}
 	return cfg, err
 }
