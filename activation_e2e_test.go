@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"net"
 	"os"
 	"os/exec"
@@ -93,11 +94,18 @@ func (w *logWatch) String() string {
 // exited closes first.
 func (w *logWatch) wait(t *testing.T, s string, within time.Duration, exited <-chan struct{}) {
 	t.Helper()
+	w.waitFunc(t, fmt.Sprintf("%q", s), within, exited, func(out string) bool { return strings.Contains(out, s) })
+}
+
+// waitFunc returns once ok holds for the whole output so far, checking at
+// every write; it fails after within, or when exited closes first.
+func (w *logWatch) waitFunc(t *testing.T, what string, within time.Duration, exited <-chan struct{}, ok func(out string) bool) {
+	t.Helper()
 	timeout := time.NewTimer(within)
 	defer timeout.Stop()
 	for {
 		w.mu.Lock()
-		found, changed := bytes.Contains(w.b.Bytes(), []byte(s)), w.changed
+		found, changed := ok(w.b.String()), w.changed
 		w.mu.Unlock()
 		if found {
 			return
@@ -105,12 +113,12 @@ func (w *logWatch) wait(t *testing.T, s string, within time.Duration, exited <-c
 		select {
 		case <-changed:
 		case <-exited:
-			if strings.Contains(w.String(), s) {
+			if ok(w.String()) {
 				return
 			}
-			t.Fatalf("process exited before printing %q:\n%s", s, w)
+			t.Fatalf("process exited before printing %s:\n%s", what, w)
 		case <-timeout.C:
-			t.Fatalf("no %q within %v:\n%s", s, within, w)
+			t.Fatalf("no %s within %v:\n%s", what, within, w)
 		}
 	}
 }

@@ -259,6 +259,12 @@ func (d *Daemon) HTTPAddr() string {
 	return d.httpAddr
 }
 
+// Subscribe calls f with every new snapshot of any credential, as
+// pool.Pool.Subscribe does (synchronously, so f must be quick); cancel stops
+// the calls. It is how an embedding program or a test learns of a session
+// change without polling.
+func (d *Daemon) Subscribe(f func(*pool.Snapshot)) (cancel func()) { return d.pool.Subscribe(f) }
+
 func serveErr(err error) error {
 	if errors.Is(err, http.ErrServerClosed) || errors.Is(err, net.ErrClosed) {
 		return nil

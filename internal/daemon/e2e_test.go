@@ -31,20 +31,6 @@ import (
 // keyRE is what a session key of the fake looks like on a text route.
 var keyRE = regexp.MustCompile(`^[0-9a-f]{40}\n$`)
 
-// waitUntil polls cond until it holds or the deadline passes. Correctness
-// never depends on the interval: it only bounds how soon a met condition is
-// seen.
-func waitUntil(t *testing.T, within time.Duration, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(within)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %v waiting for %s", within, what)
-		}
-		time.Sleep(2 * time.Millisecond)
-	}
-}
-
 // jsonBody decodes an answer that must be JSON.
 func jsonBody(t *testing.T, body string, v any) {
 	t.Helper()

@@ -20,6 +20,7 @@ import (
 	"github.com/erply-sessiond/erply-sessiond/clock"
 	"github.com/erply-sessiond/erply-sessiond/config"
 	"github.com/erply-sessiond/erply-sessiond/internal/daemon"
+	"github.com/erply-sessiond/erply-sessiond/pool"
 	"github.com/erply-sessiond/erply-sessiond/upstream"
 	"github.com/erply-sessiond/erply-sessiond/upstream/erplytest"
 )
@@ -226,15 +227,21 @@ func (d *testDaemon) key(name string) string {
 	return k
 }
 
-// syncBuffer is a bytes.Buffer safe for the daemon's concurrent log writes.
+// syncBuffer is a bytes.Buffer safe for the daemon's concurrent log writes
+// that wakes waiters at every write.
 type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
+	mu      sync.Mutex
+	b       bytes.Buffer
+	changed chan struct{} // closed and replaced at every write
 }
 
 func (s *syncBuffer) Write(p []byte) (int, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	if s.changed != nil {
+		close(s.changed)
+		s.changed = nil
+	}
 	return s.b.Write(p)
 }
 
@@ -242,4 +249,54 @@ func (s *syncBuffer) String() string {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.b.String()
+}
+
+// waitLine returns the first log line for which match holds, waiting for
+// the daemon to write it; it fails after within.
+func (s *syncBuffer) waitLine(t *testing.T, within time.Duration, what string, match func(line string) bool) string {
+	t.Helper()
+	timeout := time.NewTimer(within)
+	defer timeout.Stop()
+	for {
+		s.mu.Lock()
+		lines := strings.Split(s.b.String(), "\n")
+		if s.changed == nil {
+			s.changed = make(chan struct{})
+		}
+		written := s.changed
+		s.mu.Unlock()
+		for _, l := range lines {
+			if match(l) {
+				return l
+			}
+		}
+		select {
+		case <-written:
+		case <-timeout.C:
+			t.Fatalf("no log line with %s within %v\n%s", what, within, s)
+		}
+	}
+}
+
+// waitFor returns once cond holds. It checks cond again at every session
+// change the daemon publishes (cond may read through the socket: a request
+// publishes nothing) and fails after within.
+func (d *testDaemon) waitFor(t *testing.T, within time.Duration, what string, cond func() bool) {
+	t.Helper()
+	published := make(chan struct{}, 1)
+	defer d.dm.Subscribe(func(*pool.Snapshot) {
+		select {
+		case published <- struct{}{}:
+		default:
+		}
+	})()
+	timeout := time.NewTimer(within)
+	defer timeout.Stop()
+	for !cond() {
+		select {
+		case <-published:
+		case <-timeout.C:
+			t.Fatalf("no %s within %v\n%s", what, within, d.logs)
+		}
+	}
 }
