@@ -233,6 +233,9 @@ type syncBuffer struct {
 	mu      sync.Mutex
 	b       bytes.Buffer
 	changed chan struct{} // closed and replaced at every write
+	// event is closed and replaced at every line but the per-request one,
+	// which a test's own reads cause.
+	event chan struct{}
 }
 
 func (s *syncBuffer) Write(p []byte) (int, error) {
@@ -242,6 +245,10 @@ func (s *syncBuffer) Write(p []byte) (int, error) {
 		close(s.changed)
 		s.changed = nil
 	}
+	if s.event != nil && !bytes.Contains(p, []byte(`"message":"request"`)) {
+		close(s.event)
+		s.event = nil
+	}
 	return s.b.Write(p)
 }
 
@@ -249,6 +256,17 @@ func (s *syncBuffer) String() string {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.b.String()
+}
+
+// logged returns a channel closed at the next line the daemon logs that is
+// not about a request.
+func (s *syncBuffer) logged() <-chan struct{} {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.event == nil {
+		s.event = make(chan struct{})
+	}
+	return s.event
 }
 
 // waitLine returns the first log line for which match holds, waiting for
@@ -278,9 +296,13 @@ func (s *syncBuffer) waitLine(t *testing.T, within time.Duration, what string, m
 	}
 }
 
-// waitFor returns once cond holds. It checks cond again at every session
-// change the daemon publishes (cond may read through the socket: a request
-// publishes nothing) and fails after within.
+// waitFor returns once cond holds; it fails after within. cond may read
+// through the socket. It is checked again at every session change the pool
+// publishes and at every line the daemon logs (but the per-request ones its
+// reads cause): the local API takes a new session from its own subscription
+// to the pool, which may run after this one, so a read right after the
+// publish can still see the old one; a change is logged once every
+// subscriber has it.
 func (d *testDaemon) waitFor(t *testing.T, within time.Duration, what string, cond func() bool) {
 	t.Helper()
 	published := make(chan struct{}, 1)
@@ -292,9 +314,14 @@ func (d *testDaemon) waitFor(t *testing.T, within time.Duration, what string, co
 	})()
 	timeout := time.NewTimer(within)
 	defer timeout.Stop()
-	for !cond() {
+	for {
+		logged := d.logs.logged()
+		if cond() {
+			return
+		}
 		select {
 		case <-published:
+		case <-logged:
 		case <-timeout.C:
 			t.Fatalf("no %s within %v\n%s", what, within, d.logs)
 		}
