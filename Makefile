@@ -19,7 +19,7 @@ ROUTES_MINIMIZE ?= 5s
 # soak: 50 clients for SOAK_DURATION (default 5m) against 6-second sessions
 # with random upstream faults; prints the totals in its last log line.
 soak:
-	SOAK=1 $(GO) test -race -run TestSoak -count=1 -timeout 15m -v .
+	SOAK=1 $(GO) test -race -run TestSoak -count=1 -timeout 15m -v ./internal/daemon
 
 # fuzz: every fuzz target in turn. A crasher is written under the package's
 # testdata/fuzz/ and fails the run; commit it as a regression test.

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"net"
 	"os"
 	"os/exec"
@@ -93,11 +94,18 @@ func (w *logWatch) String() string {
 // exited closes first.
 func (w *logWatch) wait(t *testing.T, s string, within time.Duration, exited <-chan struct{}) {
 	t.Helper()
+	w.waitFunc(t, fmt.Sprintf("%q", s), within, exited, func(out string) bool { return strings.Contains(out, s) })
+}
+
+// waitFunc returns once ok holds for the whole output so far, checking at
+// every write; it fails after within, or when exited closes first.
+func (w *logWatch) waitFunc(t *testing.T, what string, within time.Duration, exited <-chan struct{}, ok func(out string) bool) {
+	t.Helper()
 	timeout := time.NewTimer(within)
 	defer timeout.Stop()
 	for {
 		w.mu.Lock()
-		found, changed := bytes.Contains(w.b.Bytes(), []byte(s)), w.changed
+		found, changed := ok(w.b.String()), w.changed
 		w.mu.Unlock()
 		if found {
 			return
@@ -105,12 +113,12 @@ func (w *logWatch) wait(t *testing.T, s string, within time.Duration, exited <-c
 		select {
 		case <-changed:
 		case <-exited:
-			if strings.Contains(w.String(), s) {
+			if ok(w.String()) {
 				return
 			}
-			t.Fatalf("process exited before printing %q:\n%s", s, w)
+			t.Fatalf("process exited before printing %s:\n%s", what, w)
 		case <-timeout.C:
-			t.Fatalf("no %q within %v:\n%s", s, within, w)
+			t.Fatalf("no %s within %v:\n%s", what, within, w)
 		}
 	}
 }
@@ -268,16 +276,16 @@ func TestProcessSIGTERM(t *testing.T) {
 		t.Fatalf("get cashier json = exit %d %q", code, out)
 	}
 	out, errOut, code := runCmd(t, env, "get", "-socket", s.socket, "nosuch")
-	if code == 0 || out != "" || !strings.Contains(errOut, "404") || !strings.Contains(errOut, "unknown credential") {
-		t.Fatalf("get nosuch = exit %d stdout %q stderr %q, want non-zero and the daemon's error", code, out, errOut)
+	if code != exitFailure || out != "" || !strings.Contains(errOut, "404") || !strings.Contains(errOut, "unknown credential") {
+		t.Fatalf("get nosuch = exit %d stdout %q stderr %q, want %d and the daemon's error", code, out, errOut, exitFailure)
 	}
 	for _, flag := range []string{"--health", "--ready"} {
 		if _, errOut, code := runCmd(t, env, "get", "-socket", s.socket, flag); code != 0 {
 			t.Fatalf("get %s = exit %d %s", flag, code, errOut)
 		}
 	}
-	if _, errOut, code := runCmd(t, env, "get", "-socket", filepath.Join(s.dir, "none.sock"), "--health"); code != 3 || errOut == "" {
-		t.Fatalf("get --health without a daemon = exit %d %q, want 3 with the error", code, errOut)
+	if _, errOut, code := runCmd(t, env, "get", "-socket", filepath.Join(s.dir, "none.sock"), "--health"); code != exitUnreachable || errOut == "" {
+		t.Fatalf("get --health without a daemon = exit %d %q, want %d with the error", code, errOut, exitUnreachable)
 	}
 
 	if code := p.stop(syscall.SIGTERM); code != 0 {
@@ -317,13 +325,13 @@ func TestProcessCommands(t *testing.T) {
 
 	bad := s.environ("SESSIOND_POS_SESSION_LENGTH=0", "SESSIOND_SOCKET_MODE=rw")
 	out, errOut, code = runCmd(t, bad, "check-config")
-	if code == 0 || !strings.Contains(out+errOut, "SESSIOND_POS_SESSION_LENGTH") || !strings.Contains(out+errOut, "SESSIOND_SOCKET_MODE") {
-		t.Fatalf("check-config on a bad env = exit %d\n%s%s\nwant non-zero naming both variables", code, out, errOut)
+	if code != exitConfig || !strings.Contains(out+errOut, "SESSIOND_POS_SESSION_LENGTH") || !strings.Contains(out+errOut, "SESSIOND_SOCKET_MODE") {
+		t.Fatalf("check-config on a bad env = exit %d\n%s%s\nwant %d naming both variables", code, out, errOut, exitConfig)
 	}
 	// The daemon refuses the same configuration at start, naming the variable.
 	_, errOut, code = runCmd(t, bad)
-	if code == 0 || !strings.Contains(errOut, "SESSIOND_POS_SESSION_LENGTH") {
-		t.Fatalf("serve on a bad env = exit %d %s", code, errOut)
+	if code != exitConfig || !strings.Contains(errOut, "SESSIOND_POS_SESSION_LENGTH") {
+		t.Fatalf("serve on a bad env = exit %d %s, want %d (the status the unit does not restart on)", code, errOut, exitConfig)
 	}
 	if _, err := os.Lstat(s.socket); !errors.Is(err, os.ErrNotExist) {
 		t.Fatal("a refused configuration made the socket")
@@ -338,7 +346,7 @@ func TestProcessCommands(t *testing.T) {
 			t.Errorf("%v = exit %d, want 0 and a usage naming SESSIOND_ variables:\n%s%s", args, code, out, errOut)
 		}
 	}
-	if _, errOut, code := runCmd(t, nil, "frobnicate"); code != 2 || !strings.Contains(errOut, `unknown command "frobnicate"`) {
+	if _, errOut, code := runCmd(t, nil, "frobnicate"); code != exitUsage || !strings.Contains(errOut, `unknown command "frobnicate"`) {
 		t.Fatalf("unknown command = exit %d %q", code, errOut)
 	}
 }

@@ -6,12 +6,11 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"os/signal"
 	"path/filepath"
 	"strconv"
-	"syscall"
 
 	"github.com/erply-sessiond/erply-sessiond/clock"
+	"github.com/erply-sessiond/erply-sessiond/internal/daemon"
 	"github.com/erply-sessiond/erply-sessiond/upstream/erplytest"
 )
 
@@ -25,7 +24,7 @@ Nothing leaves the machine. SESSIOND_LOG_LEVEL and SESSIOND_LOG_FORMAT apply
 (console logs by default here).
 `
 
-func demoCommand(ctx context.Context, args, environ []string, stdout, stderr io.Writer) error {
+func demoCommand(ctx context.Context, args, environ []string, hup <-chan os.Signal, stdout, stderr io.Writer) error {
 	fs := flag.NewFlagSet("demo", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	fs.Usage = func() { fmt.Fprint(stderr, demoUsage); fs.PrintDefaults() }
@@ -78,12 +77,12 @@ func demoCommand(ctx context.Context, args, environ []string, stdout, stderr io.
 	if err != nil {
 		return err
 	}
-	hup := make(chan os.Signal, 1)
-	signal.Notify(hup, syscall.SIGHUP)
-	defer signal.Stop(hup)
-	return serve(ctx, cfg, deps{environ: demoEnv, logOut: stderr, hup: hup, ready: func(*daemon) {
-		printDemo(stdout, sock, *httpAddr)
-	}})
+	d, err := daemon.New(cfg, daemon.Options{Environ: demoEnv, LogOutput: stderr, Version: version,
+		Ready: func() { printDemo(stdout, sock, *httpAddr) }})
+	if err != nil {
+		return err
+	}
+	return serveDaemon(ctx, d, hup)
 }
 
 func printDemo(w io.Writer, sock, httpAddr string) {

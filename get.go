@@ -18,10 +18,11 @@ const getUsage = `Usage: erply-sessiond get [-socket PATH] [-timeout D] NAME [ke
        erply-sessiond get [-socket PATH] --health | --ready
 
 Reads from a running daemon, for scripts without curl. Prints the session key
-(default), the Erply JWT, the Identity JWT, or the whole session as JSON, and
-exits non-zero with the daemon's error otherwise. --health exits 0 while the
-daemon serves; --ready exits 0 when every credential has a valid session (use
-them as container health checks: no shell or curl needed).
+(default), the Erply JWT, the Identity JWT, or the whole session as JSON;
+exits 1 with the daemon's error when it answers with one, 3 when no daemon
+answers, 2 on bad arguments. --health exits 0 while the daemon serves;
+--ready exits 0 when every credential has a valid session (use them as
+container health checks: no shell or curl needed).
 The socket is -socket, else SESSIOND_SOCKET, else /run/erply-sessiond/sessiond.sock.
 `
 
@@ -56,7 +57,7 @@ func getCommand(ctx context.Context, args, environ []string, stdout, stderr io.W
 	}
 	if fs.NArg() < 1 || fs.NArg() > 2 {
 		fs.Usage()
-		return exitError{code: 2, err: errors.New("get: want NAME and optionally what to print")}
+		return exitError{code: exitUsage, err: errors.New("get: want NAME and optionally what to print")}
 	}
 	name, what := fs.Arg(0), "key"
 	if fs.NArg() == 2 {
@@ -79,43 +80,49 @@ func getCommand(ctx context.Context, args, environ []string, stdout, stderr io.W
 		fmt.Fprintln(stdout, strings.TrimSpace(s))
 		return nil
 	}
-	return exitError{code: 2, err: fmt.Errorf("get: unknown %q (want key, jwt, identity-token or json)", what)}
+	return exitError{code: exitUsage, err: fmt.Errorf("get: unknown %q (want key, jwt, identity-token or json)", what)}
 }
 
-// exitOn maps a client error to exit status 1 (the daemon said no) or 3 (no daemon).
+// exitOn maps a client error to exitFailure (the daemon said no) or
+// exitUnreachable (no daemon).
 func exitOn(err error) error {
 	if err == nil {
 		return nil
 	}
 	var ce *client.Error
 	if errors.As(err, &ce) {
-		return exitError{code: 1, err: err}
+		return exitError{code: exitFailure, err: err}
 	}
-	return exitError{code: 3, err: err}
+	return exitError{code: exitUnreachable, err: err}
 }
 
+// lookupEnv answers key from environ as os.Getenv and config.Load do: the
+// first of duplicate entries wins.
 func lookupEnv(environ []string, key string) string {
-	v := ""
 	for _, kv := range environ {
-		if k, val, ok := strings.Cut(kv, "="); ok && k == key {
-			v = val
+		if k, v, ok := strings.Cut(kv, "="); ok && k == key {
+			return v
 		}
 	}
-	return v
+	return ""
 }
 
 func checkConfigCommand(args, environ []string, stdout, stderr io.Writer) error {
 	fs := flag.NewFlagSet("check-config", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	fs.Usage = func() {
-		fmt.Fprint(stderr, "Usage: erply-sessiond check-config\n\nValidates the SESSIOND_* configuration (and SESSIOND_ENV_FILE, and that every _FILE\nsecret is readable) like the daemon would at start. Prints one problem per line and\nexits 1, or one summary line per credential (no secrets) and exits 0.\n\n")
+		fmt.Fprint(stderr, "Usage: erply-sessiond check-config\n\nValidates the SESSIOND_* configuration (and SESSIOND_ENV_FILE, and that every _FILE\nsecret is readable) like the daemon would at start. Prints one problem per line and\nexits 78, or one summary line per credential (no secrets) and exits 0.\n\n")
 		fmt.Fprint(stderr, serveUsage[strings.Index(serveUsage, "Global variables"):])
 	}
 	if err := fs.Parse(args); err != nil {
 		return flagError(err)
 	}
 	if err := config.CheckConfig(environ, stdout); err != nil {
-		return exitError{code: 1}
+		var ve *config.ValidationError
+		if errors.As(err, &ve) {
+			return exitError{code: exitConfig}
+		}
+		return exitError{code: exitFailure}
 	}
 	return nil
 }

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
+	"reflect"
 	"slices"
 	"strings"
 	"syscall"
@@ -733,6 +734,68 @@ func TestEqual(t *testing.T) {
 		change(&c)
 		if base.Equal(c) || c.Equal(base) {
 			t.Errorf("a changed %s still counts as Equal", name)
+		}
+	}
+}
+
+// TestEqualCoversEveryField changes each field of Credential in turn,
+// found by reflection (the fields of Secret too), and wants Equal to notice:
+// a field added to Credential but not to Equal would let a reload keep a
+// session made with the old setting. A field of a type this test cannot
+// change fails it until the test learns how.
+func TestEqualCoversEveryField(t *testing.T) {
+	t.Parallel()
+	base := Credential{
+		Name: "pos", Kind: KindPassword, ClientCode: "1", APIURL: DefaultAPIURL, Username: "u",
+		Password: Secret{Value: "p", File: "/p", Var: "V"}, PIN: Secret{Value: "1", File: "/pin", Var: "P"},
+		Parent: "x", Token: Secret{Value: "t", File: "/t", Var: "T"}, SessionLength: 3600,
+		AllowUIDs: []uint32{1, 2}, AllowGIDs: []uint32{3}, SinkFile: "/k", SinkMode: 0o640,
+	}
+	type leaf struct {
+		name  string
+		index []int
+	}
+	var leaves []leaf
+	var collect func(typ reflect.Type, index []int, prefix string)
+	collect = func(typ reflect.Type, index []int, prefix string) {
+		for i := range typ.NumField() {
+			f := typ.Field(i)
+			ix := append(slices.Clone(index), i)
+			if f.Type.Kind() == reflect.Struct {
+				collect(f.Type, ix, prefix+f.Name+".")
+				continue
+			}
+			leaves = append(leaves, leaf{prefix + f.Name, ix})
+		}
+	}
+	collect(reflect.TypeFor[Credential](), nil, "")
+	if len(leaves) < reflect.TypeFor[Credential]().NumField() {
+		t.Fatalf("found %d fields, fewer than Credential has", len(leaves))
+	}
+	for _, l := range leaves {
+		c := base
+		c.AllowUIDs, c.AllowGIDs = slices.Clone(base.AllowUIDs), slices.Clone(base.AllowGIDs)
+		f := reflect.ValueOf(&c).Elem().FieldByIndex(l.index)
+		switch {
+		case !f.CanSet():
+			t.Errorf("Credential.%s is unexported; teach this test to change it", l.name)
+			continue
+		case f.Kind() == reflect.String:
+			f.SetString(f.String() + "-changed")
+		case f.CanInt():
+			f.SetInt(f.Int() + 1)
+		case f.CanUint():
+			f.SetUint(f.Uint() + 1)
+		case f.Kind() == reflect.Bool:
+			f.SetBool(!f.Bool())
+		case f.Kind() == reflect.Slice:
+			f.Set(reflect.Append(f, reflect.New(f.Type().Elem()).Elem()))
+		default:
+			t.Errorf("Credential.%s is a %s; teach this test to change it", l.name, f.Type())
+			continue
+		}
+		if base.Equal(c) || c.Equal(base) {
+			t.Errorf("Credential.%s changed and Equal still holds: Equal does not compare it", l.name)
 		}
 	}
 }

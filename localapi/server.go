@@ -87,10 +87,6 @@ type Options struct {
 	// also a Gatherer, it is used for both.
 	Registerer prometheus.Registerer
 	Gatherer   prometheus.Gatherer
-	// Margin is not used: the margin is Sessions.MarginOf.
-	//
-	// Deprecated: kept only until the daemon's wiring stops setting it.
-	Margin time.Duration
 	// EndpointCooldown is how long an endpoint reported down is ordered last
 	// (DefaultEndpointCooldown when zero).
 	EndpointCooldown time.Duration

@@ -73,8 +73,7 @@ type Options struct {
 	// Sessions supplies the sessions.
 	Sessions Sessions
 	// Upstream sends the calls to Erply: the daemon passes the client that
-	// logs in. When nil, an upstream.Client with HTTPClient and default
-	// settings is made.
+	// logs in. When nil, an upstream.Client with default settings is made.
 	Upstream Upstream
 	// Clock is the time source (default clock.Real): pauses after 1002/429
 	// and the wait for a free slot are measured on it.
@@ -87,12 +86,6 @@ type Options struct {
 	// Concurrency is the most upstream requests in flight at once per client
 	// code (default DefaultConcurrency).
 	Concurrency int
-	// HTTPClient is the HTTP client of the upstream.Client made when
-	// Upstream is nil (see upstream.Options.HTTPClient); ignored otherwise.
-	//
-	// Deprecated: set Upstream, so that proxied calls carry the daemon's
-	// User-Agent and share the logins' connections.
-	HTTPClient *http.Client
 	// RequestTimeout bounds one upstream request, its reply included
 	// (default DefaultRequestTimeout, and never past the caller's deadline).
 	RequestTimeout time.Duration
@@ -183,7 +176,7 @@ func New(opts Options) *Proxy {
 		limits:      make(map[string]*limiter),
 	}
 	if p.up == nil {
-		p.up = upstream.New(upstream.Options{HTTPClient: opts.HTTPClient, Logger: opts.Logger})
+		p.up = upstream.New(upstream.Options{Logger: opts.Logger})
 	}
 	if p.timeout <= 0 {
 		p.timeout = DefaultRequestTimeout

@@ -5,8 +5,10 @@ import (
 	"fmt"
 	"net"
 	"os"
+	"strconv"
+	"strings"
+	"syscall"
 
-	"github.com/coreos/go-systemd/v22/activation"
 	"golang.org/x/sys/unix"
 )
 
@@ -15,31 +17,28 @@ import (
 const SocketName = "sessiond"
 
 // Listeners returns the listening sockets the service manager passed to this
-// process (LISTEN_FDS, LISTEN_PID, LISTEN_FDNAMES; sd_listen_fds(3)), in
-// order, with their names: the socket unit's FileDescriptorName=, or
-// "LISTEN_FD_<n>" for an unnamed one. It returns no listeners and no error
-// when the process was not socket-activated, including when LISTEN_PID names
-// another process. With unsetEnv the LISTEN_* variables are removed, so that
-// no child process mistakes the sockets for its own.
-//
-// Unlike the rest of the daemon this reads the process environment itself
-// (through go-systemd's activation.Files): the protocol is a contract between
-// the service manager and this very process — the variables are only
-// meaningful together with the inherited descriptors and os.Getpid — so there
-// is nothing a caller could usefully substitute.
+// process (sd_listen_fds(3)), in order, with their names: the socket unit's
+// FileDescriptorName=, or "LISTEN_FD_<n>" for an unnamed one. It reads
+// LISTEN_PID, LISTEN_FDS and LISTEN_FDNAMES through getenv (the daemon passes
+// a lookup in the environment main read once; tests pass their own), and
+// returns no listeners and no error when the process was not
+// socket-activated, including when LISTEN_PID names another process. The
+// descriptors are marked close-on-exec. Clearing the variables from the
+// process environment, so that no child mistakes the sockets for its own, is
+// main's business: it alone touches the process environment.
 //
 // A passed descriptor that is not a listening stream socket (a datagram
 // socket, a regular file, or a connection from a socket unit with Accept=yes)
 // is an error naming it; every descriptor is then closed.
-func Listeners(unsetEnv bool) ([]net.Listener, []string, error) {
-	files := activation.Files(unsetEnv)
+func Listeners(getenv func(string) string) ([]net.Listener, []string, error) {
+	files := activationFiles(getenv)
 	listeners := make([]net.Listener, 0, len(files))
 	names := make([]string, 0, len(files))
 	var errs []error
 	for i, f := range files {
 		l, err := fileListener(f)
 		if err != nil {
-			errs = append(errs, fmt.Errorf("socket activation: fd %d (%s): %w", i+3, f.Name(), err))
+			errs = append(errs, fmt.Errorf("socket activation: fd %d (%s): %w", i+listenFDsStart, f.Name(), err))
 			continue
 		}
 		listeners = append(listeners, l)
@@ -52,6 +51,37 @@ func Listeners(unsetEnv bool) ([]net.Listener, []string, error) {
 		return nil, nil, err
 	}
 	return listeners, names, nil
+}
+
+// ActivationVars are the variables of the socket-activation protocol, which
+// main clears from the process environment once it has read them.
+var ActivationVars = []string{"LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES"}
+
+// listenFDsStart is SD_LISTEN_FDS_START: the first passed descriptor.
+const listenFDsStart = 3
+
+// activationFiles is go-systemd's activation.Files with the variables read
+// through getenv instead of the process environment.
+func activationFiles(getenv func(string) string) []*os.File {
+	pid, err := strconv.Atoi(getenv("LISTEN_PID"))
+	if err != nil || pid != os.Getpid() {
+		return nil
+	}
+	n, err := strconv.Atoi(getenv("LISTEN_FDS"))
+	if err != nil || n <= 0 {
+		return nil
+	}
+	names := strings.Split(getenv("LISTEN_FDNAMES"), ":")
+	files := make([]*os.File, 0, n)
+	for fd := listenFDsStart; fd < listenFDsStart+n; fd++ {
+		syscall.CloseOnExec(fd)
+		name := "LISTEN_FD_" + strconv.Itoa(fd)
+		if i := fd - listenFDsStart; i < len(names) && names[i] != "" {
+			name = names[i]
+		}
+		files = append(files, os.NewFile(uintptr(fd), name))
+	}
+	return files
 }
 
 // fileListener turns an inherited descriptor into a net.Listener and closes

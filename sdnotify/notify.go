@@ -35,10 +35,11 @@ type Notifier struct {
 }
 
 // New reads NOTIFY_SOCKET, WATCHDOG_USEC and WATCHDOG_PID through lookup
-// (main passes os.Getenv; tests pass a map's lookup) and returns a Notifier
-// that times its watchdog pings with clk. A WATCHDOG_PID naming another
-// process, or a WATCHDOG_USEC that is not a positive number, disables the
-// watchdog (the latter with a warning), as sd_watchdog_enabled(3) does.
+// (the daemon passes a lookup in the environment main read once; tests pass a
+// map's) and returns a Notifier that times its watchdog pings with clk. A
+// WATCHDOG_PID naming another process, or a WATCHDOG_USEC that is not a
+// positive number, disables the watchdog (the latter with a warning), as
+// sd_watchdog_enabled(3) does.
 func New(lookup func(string) string, clk clock.Clock, logger zerolog.Logger) *Notifier {
 	n := &Notifier{clk: clk, log: logger}
 	if path := lookup("NOTIFY_SOCKET"); path != "" {

@@ -1,4 +1,4 @@
-package main
+package daemon_test
 
 import (
 	"context"
@@ -40,7 +40,7 @@ func quietFDs(t *testing.T, e *faultEnv) int {
 	t.Helper()
 	e.http.CloseIdleConnections()
 	e.client.CloseIdleConnections()
-	e.dm.up.CloseIdleConnections()
+	e.upstream.CloseIdleConnections()
 	deadline := time.Now().Add(5 * time.Second)
 	n, stable := openFDs(t), 0
 	for stable < 10 && time.Now().Before(deadline) {

@@ -1,4 +1,4 @@
-package main
+package daemon_test
 
 import (
 	"bytes"
@@ -13,21 +13,21 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/goleak"
 
 	"github.com/erply-sessiond/erply-sessiond/client"
 	"github.com/erply-sessiond/erply-sessiond/clock"
+	"github.com/erply-sessiond/erply-sessiond/config"
+	"github.com/erply-sessiond/erply-sessiond/internal/daemon"
+	"github.com/erply-sessiond/erply-sessiond/pool"
 	"github.com/erply-sessiond/erply-sessiond/upstream"
 	"github.com/erply-sessiond/erply-sessiond/upstream/erplytest"
 )
 
-func TestMain(m *testing.M) {
-	// goleak.Cleanup replaces os.Exit: exit after removing the binary the
-	// process tests built.
-	goleak.VerifyTestMain(m, goleak.Cleanup(func(code int) { removeBuiltBinary(); os.Exit(code) }))
-}
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
 
-// testDaemon is the real daemon (serve) running in-process against the fake
+// testDaemon is the real daemon (daemon.New, Run) running in-process against the fake
 // Erply, on a Unix socket in a short temporary directory.
 type testDaemon struct {
 	t      *testing.T
@@ -43,10 +43,10 @@ type testDaemon struct {
 	pwFile string
 
 	logs   *syncBuffer
-	hup    chan os.Signal
+	reg    *prometheus.Registry // the daemon's metrics
 	cancel context.CancelFunc
 	done   chan error
-	dm     *daemon
+	dm     *daemon.Daemon
 	client *client.Client
 	http   *http.Client
 }
@@ -81,7 +81,7 @@ func startDaemon(t *testing.T, o daemonOptions) *testDaemon {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { os.RemoveAll(dir) })
-	d := &testDaemon{t: t, dir: dir, socket: filepath.Join(dir, "s.sock"), logs: &syncBuffer{}, hup: make(chan os.Signal, 1), done: make(chan error, 1)}
+	d := &testDaemon{t: t, dir: dir, socket: filepath.Join(dir, "s.sock"), logs: &syncBuffer{}, reg: prometheus.NewRegistry(), done: make(chan error, 1)}
 	var clk clock.Clock = clock.Real{}
 	if !o.realClock {
 		d.clk = clock.NewFake(testStart)
@@ -119,22 +119,25 @@ func startDaemon(t *testing.T, o daemonOptions) *testDaemon {
 	if o.setup != nil {
 		o.setup(d)
 	}
-	cfg, err := loadConfig(d.environ(), d.logs)
+	environ := d.environ()
+	cfg, err := config.Load(environ)
 	if err != nil {
-		t.Fatalf("config: %v\n%s", err, d.logs)
+		t.Fatalf("config: %v", err)
 	}
 	up := upstream.Options{RetryMax: 2, RetryWaitMin: time.Millisecond, RetryWaitMax: 5 * time.Millisecond, RateLimitWait: 5 * time.Millisecond}
 	if o.upstream != nil {
 		up = *o.upstream
 	}
 	up.Clock = clk
-	ready := make(chan *daemon, 1)
+	ready := make(chan struct{})
+	d.dm, err = daemon.New(cfg, daemon.Options{Environ: environ, LogOutput: d.logs, Clock: clk, Upstream: up,
+		Registry: d.reg, Version: "test", Ready: func() { close(ready) }})
+	if err != nil {
+		t.Fatal(err)
+	}
 	ctx, cancel := context.WithCancel(context.Background())
 	d.cancel = cancel
-	go func() {
-		d.done <- serve(ctx, cfg, deps{environ: d.environ(), logOut: d.logs, hup: d.hup, clock: clk, upstream: up,
-			ready: func(dm *daemon) { ready <- dm }})
-	}()
+	go func() { d.done <- d.dm.Run(ctx) }()
 	t.Cleanup(func() { d.stop() })
 	d.client = client.New(d.socket)
 	t.Cleanup(d.client.CloseIdleConnections)
@@ -147,7 +150,7 @@ func startDaemon(t *testing.T, o daemonOptions) *testDaemon {
 		return d
 	}
 	select {
-	case d.dm = <-ready:
+	case <-ready:
 	case err := <-d.done:
 		d.done <- err
 		t.Fatalf("daemon exited before ready: %v\n%s", err, d.logs)
@@ -165,7 +168,7 @@ func (d *testDaemon) environ() []string {
 	return out
 }
 
-// stop cancels the daemon (as SIGTERM does) and returns serve's result.
+// stop cancels the daemon (as SIGTERM does) and returns Run's result.
 func (d *testDaemon) stop() error {
 	d.cancel()
 	select {
@@ -224,15 +227,28 @@ func (d *testDaemon) key(name string) string {
 	return k
 }
 
-// syncBuffer is a bytes.Buffer safe for the daemon's concurrent log writes.
+// syncBuffer is a bytes.Buffer safe for the daemon's concurrent log writes
+// that wakes waiters at every write.
 type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
+	mu      sync.Mutex
+	b       bytes.Buffer
+	changed chan struct{} // closed and replaced at every write
+	// event is closed and replaced at every line but the per-request one,
+	// which a test's own reads cause.
+	event chan struct{}
 }
 
 func (s *syncBuffer) Write(p []byte) (int, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	if s.changed != nil {
+		close(s.changed)
+		s.changed = nil
+	}
+	if s.event != nil && !bytes.Contains(p, []byte(`"message":"request"`)) {
+		close(s.event)
+		s.event = nil
+	}
 	return s.b.Write(p)
 }
 
@@ -240,4 +256,74 @@ func (s *syncBuffer) String() string {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.b.String()
+}
+
+// logged returns a channel closed at the next line the daemon logs that is
+// not about a request.
+func (s *syncBuffer) logged() <-chan struct{} {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.event == nil {
+		s.event = make(chan struct{})
+	}
+	return s.event
+}
+
+// waitLine returns the first log line for which match holds, waiting for
+// the daemon to write it; it fails after within.
+func (s *syncBuffer) waitLine(t *testing.T, within time.Duration, what string, match func(line string) bool) string {
+	t.Helper()
+	timeout := time.NewTimer(within)
+	defer timeout.Stop()
+	for {
+		s.mu.Lock()
+		lines := strings.Split(s.b.String(), "\n")
+		if s.changed == nil {
+			s.changed = make(chan struct{})
+		}
+		written := s.changed
+		s.mu.Unlock()
+		for _, l := range lines {
+			if match(l) {
+				return l
+			}
+		}
+		select {
+		case <-written:
+		case <-timeout.C:
+			t.Fatalf("no log line with %s within %v\n%s", what, within, s)
+		}
+	}
+}
+
+// waitFor returns once cond holds; it fails after within. cond may read
+// through the socket. It is checked again at every session change the pool
+// publishes and at every line the daemon logs (but the per-request ones its
+// reads cause): the local API takes a new session from its own subscription
+// to the pool, which may run after this one, so a read right after the
+// publish can still see the old one; a change is logged once every
+// subscriber has it.
+func (d *testDaemon) waitFor(t *testing.T, within time.Duration, what string, cond func() bool) {
+	t.Helper()
+	published := make(chan struct{}, 1)
+	defer d.dm.Subscribe(func(*pool.Snapshot) {
+		select {
+		case published <- struct{}{}:
+		default:
+		}
+	})()
+	timeout := time.NewTimer(within)
+	defer timeout.Stop()
+	for {
+		logged := d.logs.logged()
+		if cond() {
+			return
+		}
+		select {
+		case <-published:
+		case <-logged:
+		case <-timeout.C:
+			t.Fatalf("no %s within %v\n%s", what, within, d.logs)
+		}
+	}
 }

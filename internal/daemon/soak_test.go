@@ -1,4 +1,4 @@
-package main
+package daemon_test
 
 import (
 	"context"
@@ -274,7 +274,7 @@ func soakFaults(ctx context.Context, fake *erplytest.Server, rnd *rand.Rand, st 
 // soakLoginsOK reads erply_sessiond_logins_total{result="ok"} by credential.
 func soakLoginsOK(t *testing.T, d *testDaemon) map[string]int {
 	t.Helper()
-	mfs, err := d.dm.reg.Gather()
+	mfs, err := d.reg.Gather()
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -1,4 +1,4 @@
-package main
+package daemon_test
 
 import (
 	"os"
@@ -7,6 +7,8 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/erply-sessiond/erply-sessiond/pool"
 )
 
 // Sink file tests through the running daemon.
@@ -40,18 +42,25 @@ func TestSinkFiles(t *testing.T) {
 	check(posSink, d.key("pos"), 0o640)
 	check(cashierSink, d.key("cashier"), 0o600)
 
-	old := d.key("pos")
+	old, oldCashier := d.key("pos"), d.key("cashier")
 	s, err := d.client.Invalidate(t.Context(), "pos", old)
 	if err != nil || s.SessionKey == old {
 		t.Fatalf("invalidate: %v", err)
 	}
 	// Written before the invalidation answered: no window with the old key.
 	check(posSink, s.SessionKey, 0o640)
-	// cashier follows its parent in the background; its sink follows it.
-	waitUntil(t, 10*time.Second, "cashier's new key", func() bool {
-		b, _ := os.ReadFile(cashierSink)
-		return string(b) == d.key("cashier")+"\n"
+	// cashier follows its parent in the background; its sink follows it,
+	// and says so in the log once the file is in place.
+	var cashierKey string
+	d.waitFor(t, 10*time.Second, "cashier's new key", func() bool {
+		cashierKey = d.key("cashier")
+		return cashierKey != oldCashier
 	})
+	fp := `"key":"` + pool.Fingerprint(cashierKey) + `"`
+	d.logs.waitLine(t, 10*time.Second, "cashier's sink written", func(l string) bool {
+		return strings.Contains(l, `"message":"sink file written"`) && strings.Contains(l, fp)
+	})
+	check(cashierSink, cashierKey, 0o600)
 
 	if err := d.stop(); err != nil {
 		t.Fatal(err)

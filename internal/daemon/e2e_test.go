@@ -1,4 +1,4 @@
-package main
+package daemon_test
 
 import (
 	"bytes"
@@ -30,20 +30,6 @@ import (
 
 // keyRE is what a session key of the fake looks like on a text route.
 var keyRE = regexp.MustCompile(`^[0-9a-f]{40}\n$`)
-
-// waitUntil polls cond until it holds or the deadline passes. Correctness
-// never depends on the interval: it only bounds how soon a met condition is
-// seen.
-func waitUntil(t *testing.T, within time.Duration, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(within)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %v waiting for %s", within, what)
-		}
-		time.Sleep(2 * time.Millisecond)
-	}
-}
 
 // jsonBody decodes an answer that must be JSON.
 func jsonBody(t *testing.T, body string, v any) {
@@ -700,7 +686,7 @@ func tcpDo(t *testing.T, addr, method, path string, hdr ...string) (int, string)
 func TestE2ETCPListener(t *testing.T) {
 	t.Run("health only", func(t *testing.T) {
 		d := startDaemon(t, daemonOptions{env: map[string]string{"SESSIOND_HTTP_ADDR": "127.0.0.1:0"}})
-		addr := d.dm.httpAddr
+		addr := d.dm.HTTPAddr()
 		if !strings.HasPrefix(addr, "127.0.0.1:") || strings.HasSuffix(addr, ":0") {
 			t.Fatalf("bound TCP address = %q", addr)
 		}
@@ -733,7 +719,7 @@ func TestE2ETCPListener(t *testing.T) {
 	})
 	t.Run("sessions with header", func(t *testing.T) {
 		d := startDaemon(t, daemonOptions{env: map[string]string{"SESSIOND_HTTP_ADDR": "127.0.0.1:0", "SESSIOND_HTTP_SESSIONS": "true"}})
-		addr := d.dm.httpAddr
+		addr := d.dm.HTTPAddr()
 		key := d.key("pos")
 		if code, body := tcpDo(t, addr, "GET", "/v1/sessions/pos/key"); code != 412 || !strings.Contains(body, "X-Sessiond-Request") || strings.Contains(body, key) {
 			t.Fatalf("TCP key without header = %d %q, want 412", code, body)
@@ -788,16 +774,12 @@ func TestE2EMetrics(t *testing.T) {
 	}
 
 	// testutil on the daemon's own registry: expiry and logins.
-	var cashierExp time.Time
-	if snap, ok := d.dm.pool.Snapshot("cashier"); ok {
-		cashierExp = snap.ExpiresAt
-	}
 	want := fmt.Sprintf(`# HELP erply_sessiond_session_expiry_timestamp_seconds When each credential's current session expires, in Unix seconds (absent while it has none).
 # TYPE erply_sessiond_session_expiry_timestamp_seconds gauge
 erply_sessiond_session_expiry_timestamp_seconds{credential="cashier"} %d
 erply_sessiond_session_expiry_timestamp_seconds{credential="pos"} %d
-`, cashierExp.Unix(), sess.ExpiresAt.Unix())
-	if err := testutil.GatherAndCompare(d.dm.reg, strings.NewReader(want), "erply_sessiond_session_expiry_timestamp_seconds"); err != nil {
+`, cashier.ExpiresAt.Unix(), sess.ExpiresAt.Unix())
+	if err := testutil.GatherAndCompare(d.reg, strings.NewReader(want), "erply_sessiond_session_expiry_timestamp_seconds"); err != nil {
 		t.Fatal(err)
 	}
 

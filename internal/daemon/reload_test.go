@@ -1,13 +1,13 @@
-package main
+package daemon_test
 
 import (
 	"fmt"
 	"net/http"
 	"os"
 	"path/filepath"
+	"runtime/debug"
 	"slices"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
@@ -67,16 +67,13 @@ func (d *testDaemon) readyz(t *testing.T) (int, readyz, string) {
 	return code, rz, body
 }
 
-// reload sends SIGHUP and waits until /readyz reports a newer reload.
+// reload does what SIGHUP does (main calls Reload on it) and returns
+// /readyz once it is done: Reload returns when the new configuration is in
+// place (or rejected), without waiting for the logins it started.
 func (d *testDaemon) reload(t *testing.T) readyz {
 	t.Helper()
-	_, before, _ := d.readyz(t)
-	d.hup <- syscall.SIGHUP
-	var rz readyz
-	waitUntil(t, 10*time.Second, "the reload to finish", func() bool {
-		_, rz, _ = d.readyz(t)
-		return rz.LastReload != nil && (before.LastReload == nil || !rz.LastReload.At.Equal(before.LastReload.At))
-	})
+	_ = d.dm.Reload() // a rejection shows in lastReload, which the callers check
+	_, rz, _ := d.readyz(t)
 	return rz
 }
 
@@ -142,7 +139,7 @@ func TestReload(t *testing.T) {
 	if rz := d.reload(t); !rz.LastReload.OK || rz.LastReload.Error != "" {
 		t.Fatalf("adding a credential: lastReload = %+v", rz.LastReload)
 	}
-	waitUntil(t, 10*time.Second, "clerk to log in", func() bool { return d.state(t, "clerk") == "ok" })
+	d.waitFor(t, 10*time.Second, "clerk to log in", func() bool { return d.state(t, "clerk") == "ok" })
 	clerkKey := d.key("clerk")
 	if !d.fake.SessionValid(clerkKey) {
 		t.Fatal("clerk's key is not live at the fake")
@@ -229,7 +226,7 @@ func TestReload(t *testing.T) {
 	if rz := d.reload(t); !rz.LastReload.OK {
 		t.Fatalf("changing a credential: lastReload = %+v", rz.LastReload)
 	}
-	waitUntil(t, 10*time.Second, "clerk's new session", func() bool {
+	d.waitFor(t, 10*time.Second, "clerk's new session", func() bool {
 		k, err := d.client.Key(t.Context(), "clerk")
 		return err == nil && k != clerkKey
 	})
@@ -298,7 +295,7 @@ func TestReloadRetriesRefusedSecret(t *testing.T) {
 	if rz := d.reload(t); !rz.LastReload.OK {
 		t.Fatalf("lastReload = %+v", rz.LastReload)
 	}
-	waitUntil(t, 10*time.Second, "clerk to log in after the fix", func() bool { return d.state(t, "clerk") == "ok" })
+	d.waitFor(t, 10*time.Second, "clerk to log in after the fix", func() bool { return d.state(t, "clerk") == "ok" })
 	if k := d.key("clerk"); !d.fake.SessionValid(k) {
 		t.Fatal("clerk's key is not live")
 	}
@@ -308,4 +305,125 @@ func TestReloadRetriesRefusedSecret(t *testing.T) {
 	if d.fake.Blocked(d.code, clerkUser) {
 		t.Fatal("the clerk got blocked")
 	}
+}
+
+// TestReloadLogLevel: SESSIOND_LOG_LEVEL in the env file applies at each
+// reload, both ways: the per-request debug line is written exactly for the
+// requests made while the level is debug.
+func TestReloadLogLevel(t *testing.T) {
+	var envFile string
+	d := startDaemon(t, daemonOptions{env: map[string]string{"SESSIOND_LOG_LEVEL": "info"}, setup: func(d *testDaemon) {
+		envFile = filepath.Join(d.dir, "env")
+		writeEnvFile(t, envFile, map[string]string{"SESSIOND_LOG_LEVEL": "info"})
+		d.env["SESSIOND_ENV_FILE"] = envFile
+	}})
+	setLevel := func(level string) {
+		t.Helper()
+		writeEnvFile(t, envFile, map[string]string{"SESSIOND_LOG_LEVEL": level})
+		if rz := d.reload(t); !rz.LastReload.OK {
+			t.Fatalf("reload to %s: %+v", level, rz.LastReload)
+		}
+	}
+	logged := func(path string) func(string) bool {
+		return func(l string) bool { return strings.Contains(l, `"message":"request"`) && strings.Contains(l, path) }
+	}
+	// One kept-alive connection: a request's line, if any, is written
+	// before the next request on it is read.
+	d.get("/healthz") // at info
+	setLevel("debug")
+	d.get("/readyz")
+	d.logs.waitLine(t, 10*time.Second, "the /readyz request at debug", logged("/readyz"))
+	setLevel("info")
+	d.get("/v1/sessions")
+	setLevel("debug")
+	d.get("/metrics")
+	d.logs.waitLine(t, 10*time.Second, "the /metrics request at debug", logged("/metrics"))
+	for _, path := range []string{"/healthz", "/v1/sessions"} {
+		if strings.Contains(d.logs.String(), `"route":"GET `+path+`"`) {
+			t.Errorf("the request to %s made at info was logged at debug", path)
+		}
+	}
+	if !strings.Contains(d.logs.String(), `"route":"GET /readyz"`) {
+		t.Fatalf("the request lines do not name the route as this test expects:\n%s", d.logs)
+	}
+}
+
+// reloadNoPanic is reload for tests of the crash of issue 10: a panic in
+// Reload (SIGHUP's path) fails the test instead of the test binary, as it
+// would have killed the daemon.
+func (d *testDaemon) reloadNoPanic(t *testing.T) readyz {
+	t.Helper()
+	defer func() {
+		if r := recover(); r != nil {
+			t.Fatalf("Reload panicked, which kills the daemon: %v\n%s", r, debug.Stack())
+		}
+	}()
+	return d.reload(t)
+}
+
+// alive fails the test if Run has returned.
+func (d *testDaemon) alive(t *testing.T) {
+	t.Helper()
+	select {
+	case err := <-d.done:
+		d.done <- err
+		t.Fatalf("the daemon stopped: %v\n%s", err, d.logs)
+	default:
+	}
+	if code, body := d.get("/healthz"); code != http.StatusOK {
+		t.Fatalf("healthz = %d %s", code, body)
+	}
+}
+
+// TestReloadChangeAndAdd is the operator's reload of issue 10 that killed
+// the daemon: SESSIOND_CREDENTIALS=pos becomes pos,pos_2 in the env file,
+// with pos's SESSION_LENGTH changed to 1800 and pos_2's settings, in one
+// reload. The daemon stays up, pos logs in anew with the new length, pos_2
+// logs in, and both serve live keys.
+func TestReloadChangeAndAdd(t *testing.T) {
+	var envFile string
+	d := startDaemon(t, daemonOptions{
+		env: map[string]string{"SESSIOND_CREDENTIALS": "pos", "SESSIOND_CASHIER_KIND": "", "SESSIOND_CASHIER_PARENT": "", "SESSIOND_CASHIER_PIN": ""},
+		setup: func(d *testDaemon) {
+			addClerk(d)
+			envFile = filepath.Join(d.dir, "env")
+			writeEnvFile(t, envFile, map[string]string{"SESSIOND_CREDENTIALS": "pos"})
+			d.env["SESSIOND_ENV_FILE"] = envFile
+		},
+	})
+	posKey := d.key("pos")
+	writeEnvFile(t, envFile, map[string]string{
+		"SESSIOND_CREDENTIALS":          "pos,pos_2",
+		"SESSIOND_POS_SESSION_LENGTH":   "1800",
+		"SESSIOND_POS_2_CLIENT_CODE":    d.code,
+		"SESSIOND_POS_2_USERNAME":       clerkUser,
+		"SESSIOND_POS_2_PASSWORD":       clerkPW,
+		"SESSIOND_POS_2_SESSION_LENGTH": "900",
+	})
+	d.clk.Advance(time.Minute)
+	rz := d.reloadNoPanic(t)
+	if !rz.LastReload.OK {
+		t.Fatalf("lastReload = %+v", rz.LastReload)
+	}
+	if !rz.LastReload.At.Equal(d.clk.Now()) {
+		t.Errorf("lastReload.at = %v, want the daemon's clock's %v", rz.LastReload.At, d.clk.Now())
+	}
+	d.alive(t)
+	d.waitFor(t, 10*time.Second, "pos's session of 1800 s and pos_2's first", func() bool {
+		pos, err := d.client.Session(t.Context(), "pos")
+		if err != nil || pos.ExpiresIn != 1800 {
+			return false
+		}
+		pos2, err := d.client.Session(t.Context(), "pos_2")
+		return err == nil && pos2.ExpiresIn == 900
+	})
+	for _, name := range []string{"pos", "pos_2"} {
+		if k := d.key(name); !d.fake.SessionValid(k) || k == posKey {
+			t.Fatalf("%s serves a key that is dead at the fake or pos's old one", name)
+		}
+	}
+	if code, rz, body := d.readyz(t); code != http.StatusOK || !rz.Ready || len(rz.Credentials) != 2 {
+		t.Fatalf("readyz after the reload = %d %s", code, body)
+	}
+	d.alive(t)
 }

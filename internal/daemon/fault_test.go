@@ -1,4 +1,4 @@
-package main
+package daemon_test
 
 import (
 	"encoding/json"
@@ -106,6 +106,8 @@ func (s schedule) maxAttempts(from, to time.Time) int {
 type faultEnv struct {
 	*testDaemon
 	proxy *faultproxy.Proxy
+	// upstream is the daemon's transport to Erply (through the proxy).
+	upstream *http.Transport
 
 	mu       sync.Mutex
 	attempts []time.Time // fake-clock times of the logins (verifyUser) the proxy saw
@@ -115,7 +117,7 @@ type faultEnv struct {
 
 func startFaultDaemon(t *testing.T, env map[string]string) *faultEnv {
 	t.Helper()
-	e := &faultEnv{requested: make(chan struct{}, 1)}
+	e := &faultEnv{requested: make(chan struct{}, 1), upstream: &http.Transport{}}
 	vars := map[string]string{
 		"SESSIOND_CREDENTIALS":        "pos",
 		"SESSIOND_CASHIER_KIND":       "",
@@ -127,13 +129,12 @@ func startFaultDaemon(t *testing.T, env map[string]string) *faultEnv {
 	for k, v := range env {
 		vars[k] = v
 	}
-	tr := &http.Transport{}
-	t.Cleanup(tr.CloseIdleConnections)
+	t.Cleanup(e.upstream.CloseIdleConnections)
 	e.testDaemon = startDaemon(t, daemonOptions{
 		env: vars,
 		upstream: &upstream.Options{
 			RetryMax:   -1,
-			HTTPClient: &http.Client{Transport: tr, Timeout: attemptTimeout},
+			HTTPClient: &http.Client{Transport: e.upstream, Timeout: attemptTimeout},
 		},
 		setup: func(d *testDaemon) {
 			// JWTs outlive the sessions: the only upstream calls are logins.
