@@ -58,7 +58,7 @@ func serveCommand(ctx context.Context, args, environ []string, hup <-chan os.Sig
 	}
 	d, err := daemon.New(cfg, daemon.Options{Environ: environ, LogOutput: stderr, Version: version})
 	if err != nil {
-		return err
+		return configError(err, stderr)
 	}
 	return serveDaemon(ctx, d, hup)
 }
@@ -96,12 +96,22 @@ func flagError(err error) error {
 // loadConfig loads and validates, printing every problem on its own line.
 func loadConfig(environ []string, stderr io.Writer) (*config.Config, error) {
 	cfg, err := config.Load(environ)
+	if err != nil {
+		return nil, configError(err, stderr)
+	}
+	return cfg, nil
+}
+
+// configError prints each problem of a *config.ValidationError on its own
+// line and turns it into the invalid-configuration exit status; other
+// errors pass through.
+func configError(err error, stderr io.Writer) error {
 	var ve *config.ValidationError
 	if errors.As(err, &ve) {
 		for _, p := range ve.Problems {
 			fmt.Fprintln(stderr, "config:", p.String())
 		}
-		return nil, exitError{code: exitConfig, err: fmt.Errorf("invalid configuration (%d problems)", len(ve.Problems))}
+		return exitError{code: exitConfig, err: fmt.Errorf("invalid configuration (%d problems)", len(ve.Problems))}
 	}
-	return cfg, err
+	return err
 }

@@ -57,12 +57,17 @@ const (
 	VarExpiryMargin     = Prefix + "EXPIRY_MARGIN"
 	VarProxyConcurrency = Prefix + "PROXY_CONCURRENCY"
 	VarEnvFile          = Prefix + "ENV_FILE"
+	VarStateDir         = Prefix + "STATE_DIR"
+	VarEnvFileWatch     = Prefix + "ENV_FILE_WATCH"
+	// VarSystemdStateDir is what systemd's StateDirectory= sets: the state
+	// directory when SESSIOND_STATE_DIR is not.
+	VarSystemdStateDir = "STATE_DIRECTORY"
 )
 
 var globalVars = []string{
 	VarCredentials, VarSocket, VarSocketMode, VarHTTPAddr, VarHTTPSessions,
 	VarLogLevel, VarLogFormat, VarAPIURL, VarEndpointCooldown, VarRefreshFraction,
-	VarExpiryMargin, VarProxyConcurrency, VarEnvFile,
+	VarExpiryMargin, VarProxyConcurrency, VarEnvFile, VarStateDir, VarEnvFileWatch,
 }
 
 // Per-credential variable suffixes: SESSIOND_<NAME>_<suffix>.
@@ -489,6 +494,7 @@ func build(env map[string]string, envFile string) (*Config, error) {
 	c := &Config{
 		Socket:           DefaultSocket,
 		EnvFile:          envFile,
+		EnvFileWatch:     b.boolean(VarEnvFileWatch, false),
 		HTTPAddr:         b.httpAddr(),
 		HTTPSessions:     b.boolean(VarHTTPSessions, false),
 		LogLevel:         b.oneOf(VarLogLevel, DefaultLogLevel, "debug", "info", "warn", "error"),
@@ -507,6 +513,19 @@ func build(env map[string]string, envFile string) (*Config, error) {
 		}
 	}
 	c.SocketMode = b.mode(VarSocketMode, DefaultSocketMode)
+	if v, ok := b.get(VarStateDir); ok && v != "" {
+		c.StateDir, c.StateDirVar = v, VarStateDir
+	} else if v := env[VarSystemdStateDir]; v != "" {
+		// systemd lists one path per StateDirectory= entry, colon-separated.
+		v, _, _ = strings.Cut(v, ":")
+		c.StateDir, c.StateDirVar = v, VarSystemdStateDir
+	}
+	if c.StateDir != "" && !filepath.IsAbs(c.StateDir) {
+		b.fail(c.StateDirVar, "%s is not an absolute path", show(c.StateDir))
+	}
+	if c.EnvFileWatch && envFile == "" {
+		b.warn(VarEnvFileWatch, "has no effect without %s", VarEnvFile)
+	}
 	if c.HTTPSessions && c.HTTPAddr == "" {
 		if _, set := b.get(VarHTTPAddr); !set {
 			b.warn(VarHTTPSessions, "has no effect without %s", VarHTTPAddr)

@@ -84,7 +84,13 @@ type Config struct {
 	ExpiryMargin     time.Duration // SESSIOND_EXPIRY_MARGIN
 	ProxyConcurrency int           // SESSIOND_PROXY_CONCURRENCY
 	EnvFile          string        // SESSIOND_ENV_FILE
-	Credentials      []Credential  // in SESSIOND_CREDENTIALS order
+	// EnvFileWatch applies a change of EnvFile as SIGHUP would (SESSIOND_ENV_FILE_WATCH).
+	EnvFileWatch bool
+	// StateDir keeps sessions across restarts (SESSIOND_STATE_DIR, else
+	// systemd's $STATE_DIRECTORY); "" when off. StateDirVar names where it came from.
+	StateDir    string
+	StateDirVar string
+	Credentials []Credential // in SESSIOND_CREDENTIALS order
 	// Warnings are non-fatal findings for the daemon to log: unknown
 	// SESSIOND_* variables (typos), settings the credential's kind ignores.
 	Warnings []string

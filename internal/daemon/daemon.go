@@ -21,6 +21,7 @@ import (
 
 	"github.com/erply-sessiond/erply-sessiond/clock"
 	"github.com/erply-sessiond/erply-sessiond/config"
+	"github.com/erply-sessiond/erply-sessiond/internal/envwatch"
 	"github.com/erply-sessiond/erply-sessiond/localapi"
 	"github.com/erply-sessiond/erply-sessiond/login"
 	"github.com/erply-sessiond/erply-sessiond/pool"
@@ -28,6 +29,7 @@ import (
 	"github.com/erply-sessiond/erply-sessiond/refresher"
 	"github.com/erply-sessiond/erply-sessiond/sdnotify"
 	"github.com/erply-sessiond/erply-sessiond/sink"
+	"github.com/erply-sessiond/erply-sessiond/state"
 	"github.com/erply-sessiond/erply-sessiond/upstream"
 )
 
@@ -62,6 +64,9 @@ type Options struct {
 	// Ready, when set, is called once, after READY=1: the socket listens and
 	// every credential holds a session or has a definite error.
 	Ready func()
+	// EnvWatchInterval is how often SESSIOND_ENV_FILE_WATCH looks at the env
+	// file (default envwatch.DefaultInterval).
+	EnvWatchInterval time.Duration
 }
 
 // Daemon is one running instance of erply-sessiond. Make it with New, serve
@@ -76,6 +81,8 @@ type Daemon struct {
 	pool     *pool.Pool
 	api      *localapi.Server
 	sinks    *sink.Writer
+	state    *state.Store // nil without a state directory
+	policy   refresher.Policy
 	notifier *sdnotify.Notifier
 	getenv   func(string) string
 	cancels  []func() // pool subscriptions, ended by Run
@@ -140,6 +147,7 @@ func New(cfg *config.Config, o Options) (*Daemon, error) {
 		return nil, err
 	}
 	d.pool = p
+	d.policy = policy
 
 	d.sinks = sink.New(d.log)
 	d.sinks.SetTargets(sinkTargets(cfg))
@@ -154,6 +162,18 @@ func New(cfg *config.Config, o Options) (*Daemon, error) {
 		LastReload: d.lastReload.Load, Proxy: px,
 	})
 	d.notifier = sdnotify.New(d.getenv, d.clk, d.log)
+	if cfg.StateDir != "" {
+		// Opened here, not in Run: a second daemon on the same directory
+		// is refused before it listens or logs in.
+		st, err := state.Open(cfg.StateDir, state.Options{Clock: d.clk, Logger: d.log, Registerer: reg, CheckTimeout: 5 * time.Second})
+		if errors.Is(err, state.ErrUnsafeDir) {
+			return nil, &config.ValidationError{Problems: []config.Problem{{Var: cfg.StateDirVar, Msg: err.Error()}}}
+		}
+		if err != nil {
+			return nil, fmt.Errorf("%s: %w", cfg.StateDirVar, err)
+		}
+		d.state = st
+	}
 	d.cancels = append(d.cancels,
 		p.Subscribe(d.sinks.Apply),
 		p.Subscribe(func(*pool.Snapshot) { d.notifier.Status(statusLine(p.Snapshots())) }),
@@ -195,6 +215,15 @@ func (d *Daemon) Run(ctx context.Context) error {
 	cfg := d.cfg
 	d.mu.Unlock()
 
+	if d.state != nil {
+		// Before listening: a saved session that is still good is served
+		// from the first request, and no caller's request starts a login
+		// that the restore would have made unnecessary.
+		defer d.state.Close()
+		d.state.Restore(ctx, d.pool, d.up, cfg.Credentials, d.policy)
+		defer d.state.Follow(d.pool)()
+	}
+
 	unixL, err := d.listenUnix(cfg)
 	if err != nil {
 		d.api.Shutdown(context.Background())
@@ -235,6 +264,19 @@ func (d *Daemon) Run(ctx context.Context) error {
 		return nil
 	})
 	g.Go(func() error { return d.notifier.RunWatchdog(gctx, func() bool { return true }) })
+	if cfg.EnvFileWatch && cfg.EnvFile != "" {
+		w := &envwatch.Watcher{Path: cfg.EnvFile, Interval: d.opts.EnvWatchInterval, Clock: d.clk,
+			Changed: func() {
+				d.log.Info().Str("file", cfg.EnvFile).Msg("env file changed: reloading")
+				_ = d.Reload() // a rejected file is logged and shown in /readyz by Reload
+			},
+			Failed: func(err error) {
+				d.log.Warn().Err(err).Str("file", cfg.EnvFile).Msg("env file cannot be read; the configuration in use keeps running")
+			},
+		}
+		d.log.Info().Str("file", cfg.EnvFile).Msg("watching the env file: a change is applied as SIGHUP would")
+		g.Go(func() error { return w.Run(gctx) })
+	}
 	g.Go(func() error {
 		<-gctx.Done()
 		d.notifier.Stopping()
@@ -358,12 +400,18 @@ func (d *Daemon) Reload() error {
 	if cfg.Socket != old.Socket || cfg.SocketMode != old.SocketMode || cfg.HTTPAddr != old.HTTPAddr || cfg.HTTPSessions != old.HTTPSessions {
 		d.log.Warn().Msg("reload: socket, socket mode and HTTP listener settings take effect only after a restart")
 	}
+	if cfg.StateDir != old.StateDir || cfg.EnvFileWatch != old.EnvFileWatch {
+		d.log.Warn().Msg("reload: SESSIOND_STATE_DIR and SESSIOND_ENV_FILE_WATCH take effect only after a restart")
+	}
 	for _, w := range cfg.Warnings {
 		d.log.Warn().Msg(w)
 	}
 	d.level.setLevel(cfg.LogLevel)
 	d.sinks.SetTargets(sinkTargets(cfg))
 	d.pool.Update(cfg.Credentials)
+	if d.state != nil {
+		d.state.SetCredentials(cfg.Credentials)
+	}
 	d.pool.SecretsChanged()
 	d.cfg = cfg
 	d.lastReload.Store(&localapi.ReloadStatus{OK: true, At: now})
