@@ -29,3 +29,5 @@ fuzz:
 	$(GO) test -run '^$$' -fuzz '^FuzzOrder$$' -fuzztime $(ORDER_FUZZTIME) $(FUZZFLAGS) ./srv
 	$(GO) test -run '^$$' -fuzz '^FuzzRoutes$$' -fuzztime $(FUZZTIME) -fuzzminimizetime $(ROUTES_MINIMIZE) $(FUZZFLAGS) ./localapi
 	$(GO) test -run '^$$' -fuzz '^FuzzInspect$$' -fuzztime $(FUZZTIME) $(FUZZFLAGS) ./proxy
+	$(GO) test -run '^$$' -fuzz '^FuzzSchedule$$' -fuzztime $(FUZZTIME) $(FUZZFLAGS) ./refresher
+	$(GO) test -run '^$$' -fuzz '^FuzzLoad$$' -fuzztime $(FUZZTIME) -fuzzminimizetime 3s $(FUZZFLAGS) ./state
