@@ -37,14 +37,7 @@ func getCommand(ctx context.Context, args, environ []string, stdout, stderr io.W
 	if err := fs.Parse(args); err != nil {
 		return flagError(err)
 	}
-	path := *socket
-	if path == "" {
-		path = lookupEnv(environ, config.VarSocket)
-	}
-	if path == "" {
-		path = client.DefaultSocket
-	}
-	c := client.New(path)
+	c := client.New(socketPath(*socket, environ))
 	defer c.CloseIdleConnections()
 	ctx, cancel := context.WithTimeout(ctx, *timeout)
 	defer cancel()
@@ -125,4 +118,16 @@ func checkConfigCommand(args, environ []string, stdout, stderr io.Writer) error 
 		return exitError{code: exitFailure}
 	}
 	return nil
+}
+
+// socketPath is the daemon's socket for a client command: the -socket
+// flag, else SESSIOND_SOCKET, else the default path.
+func socketPath(flagValue string, environ []string) string {
+	if flagValue != "" {
+		return flagValue
+	}
+	if v := lookupEnv(environ, config.VarSocket); v != "" {
+		return v
+	}
+	return client.DefaultSocket
 }

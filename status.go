@@ -12,7 +12,6 @@ import (
 	"time"
 
 	"github.com/erply-sessiond/erply-sessiond/client"
-	"github.com/erply-sessiond/erply-sessiond/config"
 )
 
 const statusUsage = `Usage: erply-sessiond status [-socket PATH] [-json] [-timeout D]
@@ -39,16 +38,9 @@ func statusCommand(ctx context.Context, args, environ []string, stdout, stderr i
 	}
 	if fs.NArg() != 0 {
 		fs.Usage()
-		return exitError{code: 2, err: errors.New("status: takes no arguments")}
+		return exitError{code: exitUsage, err: errors.New("status: takes no arguments")}
 	}
-	path := *socket
-	if path == "" {
-		path = lookupEnv(environ, config.VarSocket)
-	}
-	if path == "" {
-		path = client.DefaultSocket
-	}
-	c := client.New(path)
+	c := client.New(socketPath(*socket, environ))
 	defer c.CloseIdleConnections()
 	ctx, cancel := context.WithTimeout(ctx, *timeout)
 	defer cancel()
@@ -67,7 +59,7 @@ func statusCommand(ctx context.Context, args, environ []string, stdout, stderr i
 	}
 	for _, cr := range creds {
 		if !cr.Healthy() {
-			return exitError{code: 1}
+			return exitError{code: exitFailure}
 		}
 	}
 	return nil
