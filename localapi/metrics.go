@@ -9,8 +9,9 @@ import (
 
 // metrics are the API's Prometheus collectors.
 type metrics struct {
-	requests *prometheus.CounterVec
-	expiry   *expiryCollector
+	requests        *prometheus.CounterVec
+	expiry          *expiryCollector
+	passwordExpired *passwordExpiredCollector
 }
 
 func newMetrics(sessions Sessions) *metrics {
@@ -23,6 +24,12 @@ func newMetrics(sessions Sessions) *metrics {
 			sessions: sessions,
 			desc: prometheus.NewDesc("erply_sessiond_session_expiry_timestamp_seconds",
 				"When each credential's current session expires, in Unix seconds (absent while it has none).",
+				[]string{"credential"}, nil),
+		},
+		passwordExpired: &passwordExpiredCollector{
+			sessions: sessions,
+			desc: prometheus.NewDesc("erply_sessiond_password_expired",
+				"1 when the last login reply of the credential said its password expired (isPasswordExpired), else 0 (absent while it has no session).",
 				[]string{"credential"}, nil),
 		},
 	}
@@ -87,5 +94,29 @@ func (c *expiryCollector) Collect(ch chan<- prometheus.Metric) {
 		}
 		ch <- prometheus.MustNewConstMetric(c.desc, prometheus.GaugeValue,
 			float64(snap.ExpiresAt.UnixMilli())/1e3, snap.Name)
+	}
+}
+
+// passwordExpiredCollector exports whether each credential's last login
+// said its password expired, from the pool's snapshots at scrape time.
+type passwordExpiredCollector struct {
+	sessions Sessions
+	desc     *prometheus.Desc
+}
+
+// Describe implements prometheus.Collector.
+func (c *passwordExpiredCollector) Describe(ch chan<- *prometheus.Desc) { ch <- c.desc }
+
+// Collect implements prometheus.Collector.
+func (c *passwordExpiredCollector) Collect(ch chan<- prometheus.Metric) {
+	for _, snap := range c.sessions.Snapshots() {
+		if snap == nil || snap.Session == nil {
+			continue
+		}
+		v := 0.0
+		if snap.Session.PasswordExpired {
+			v = 1
+		}
+		ch <- prometheus.MustNewConstMetric(c.desc, prometheus.GaugeValue, v, snap.Name)
 	}
 }
