@@ -10,6 +10,7 @@ import (
 	"io/fs"
 	"net/http"
 	"os"
+	"strings"
 	"sync"
 	"time"
 
@@ -170,10 +171,10 @@ func (r *Rotator) Close() error {
 
 // Answers of Rotate that are not Erply's or the pool's.
 var (
-	errInFlight    = answer.New(http.StatusConflict, "rotation_in_flight", "a password rotation of this credential is already in flight")
-	errClosed      = answer.New(http.StatusServiceUnavailable, "shutting_down", "the daemon is shutting down")
-	errNotSettled  = cannot("PASSWORD_FILE.next is left by an earlier rotation whose outcome is unknown, and logging in again did not settle it; the daemon tries it at its next login that Erply refuses with 1051")
-	errNoSessionIn = errors.New("no session in the pool's answer")
+	errInFlight   = answer.New(http.StatusConflict, "rotation_in_flight", "a password rotation of this credential is already in flight")
+	errClosed     = answer.New(http.StatusServiceUnavailable, "shutting_down", "the daemon is shutting down")
+	errNotSettled = cannot("PASSWORD_FILE.next is left by an earlier rotation whose outcome is unknown, and logging in again did not settle it; the daemon tries it at its next login that Erply refuses with 1051")
+	errNoSession  = errors.New("the pool answered without a session")
 )
 
 // cannot is the 409 answer for a credential that cannot be rotated.
@@ -202,8 +203,12 @@ func cannot(reason string) *answer.Error {
 // The caller giving up (ctx) stops a rotation only before changePassword is
 // sent. Errors are *answer.Error values, or the pool's errors.
 func (r *Rotator) Rotate(ctx context.Context, name string) (*pool.Snapshot, error) {
+	if _, ok := r.sessions.Credential(name); !ok {
+		// Not counted: the metric's labels are configured names only.
+		return nil, fmt.Errorf("%w: %q", pool.ErrUnknownCredential, name)
+	}
 	if err := r.begin(name); err != nil {
-		r.count(name, "conflict")
+		r.count(name, resultOf(err))
 		return nil, err
 	}
 	defer r.end(name)
@@ -280,7 +285,7 @@ func (r *Rotator) rotate(ctx context.Context, name string) (*pool.Snapshot, erro
 			return nil, err
 		}
 		if snap.Session == nil {
-			return nil, errNoSessionIn
+			return nil, errNoSession
 		}
 		key := snap.Session.SessionKey
 		out, again, err := r.change(pre, base, cred, path, key)
@@ -456,7 +461,7 @@ func (r *Rotator) observe(s *pool.Snapshot) {
 	log := r.log.With().Str("credential", s.Name).Logger()
 	if !auto {
 		log.Warn().Msg("Erply says the password has expired: rotate it with `erply-sessiond rotate-password " + s.Name +
-			"` or set ROTATE_PASSWORD=expired for this credential")
+			"` or set " + config.Prefix + strings.ToUpper(s.Name) + "_ROTATE_PASSWORD=expired")
 		return
 	}
 	now := r.clk.Now()
