@@ -88,6 +88,7 @@ Usage:
   erply-sessiond                 run the daemon (configured by SESSIOND_* variables)
   erply-sessiond demo            run against an embedded fake Erply, on ./sessiond.sock
   erply-sessiond get NAME [WHAT] print a credential's key, jwt, identity-token or json
+  erply-sessiond rotate-password NAME  change a password credential's password (Erply changePassword)
   erply-sessiond status          show every credential's state (exit 0 when all are ok)
   erply-sessiond check-config    validate the configuration and print a summary
   erply-sessiond version         print the version
@@ -110,6 +111,8 @@ func runEnv(ctx context.Context, args, environ []string, hup <-chan os.Signal, s
 		return demoCommand(ctx, args, environ, hup, stdout, stderr)
 	case "get":
 		return getCommand(ctx, args, environ, stdout, stderr)
+	case "rotate-password":
+		return rotatePasswordCommand(ctx, args, environ, stdout, stderr)
 	case "status":
 		return statusCommand(ctx, args, environ, stdout, stderr)
 	case "check-config":

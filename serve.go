@@ -43,6 +43,7 @@ Per credential NAME (SESSIOND_<NAME>_…):
   TOKEN_FILE or TOKEN                      (identity, oauth)
   SESSION_LENGTH  seconds, 1..86400 [3600]
   API_URL, ALLOW_UIDS, ALLOW_GIDS, SINK_FILE, SINK_MODE [0640]
+  ROTATE_PASSWORD never | expired [never] (password; needs PASSWORD_FILE)
 `
 
 func serveCommand(ctx context.Context, args, environ []string, hup <-chan os.Signal, stderr io.Writer) error {

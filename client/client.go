@@ -59,6 +59,9 @@ type Session struct {
 	GroupName     string    `json:"groupName"`
 	Token         string    `json:"token"`
 	IdentityToken string    `json:"identityToken"`
+	// PasswordExpired is true when Erply's last login reply said the
+	// credential's password expired.
+	PasswordExpired bool `json:"passwordExpired"`
 }
 
 // Credential is one credential in the daemon's listing (GET /v1/sessions):
@@ -151,6 +154,23 @@ func (c *Client) Invalidate(ctx context.Context, name, staleKey string) (*Sessio
 		return nil, err
 	}
 	req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
+	var s Session
+	if err := c.do(req, &s); err != nil {
+		return nil, err
+	}
+	return &s, nil
+}
+
+// RotatePassword changes a password credential's password with Erply's
+// changePassword and returns the new session. The daemon allows it only
+// over its Unix socket to root and its own user, for a credential whose
+// PASSWORD_FILE it can rewrite; it can take as long as an Erply call, so
+// give ctx a deadline of a minute or more.
+func (c *Client) RotatePassword(ctx context.Context, name string) (*Session, error) {
+	req, err := c.request(ctx, http.MethodPost, "/v1/sessions/"+url.PathEscape(name)+"/rotate-password", nil)
+	if err != nil {
+		return nil, err
+	}
 	var s Session
 	if err := c.do(req, &s); err != nil {
 		return nil, err

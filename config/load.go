@@ -88,18 +88,19 @@ const (
 	sfxAllowGIDs     = "ALLOW_GIDS"
 	sfxSinkFile      = "SINK_FILE"
 	sfxSinkMode      = "SINK_MODE"
+	sfxRotate        = "ROTATE_PASSWORD"
 )
 
 var credentialSuffixes = []string{
 	sfxKind, sfxClientCode, sfxUsername, sfxPassword, sfxPasswordFile, sfxParent,
 	sfxPIN, sfxPINFile, sfxToken, sfxTokenFile, sfxSessionLength, sfxAPIURL,
-	sfxAllowUIDs, sfxAllowGIDs, sfxSinkFile, sfxSinkMode,
+	sfxAllowUIDs, sfxAllowGIDs, sfxSinkFile, sfxSinkMode, sfxRotate,
 }
 
 // kindSuffixes are the suffixes that mean something only for some kinds;
 // the rest apply to every kind.
 var kindSuffixes = map[Kind][]string{
-	KindPassword: {sfxClientCode, sfxUsername, sfxPassword, sfxPasswordFile, sfxAPIURL},
+	KindPassword: {sfxClientCode, sfxUsername, sfxPassword, sfxPasswordFile, sfxAPIURL, sfxRotate},
 	KindPIN:      {sfxParent, sfxPIN, sfxPINFile},
 	KindIdentity: {sfxClientCode, sfxToken, sfxTokenFile, sfxAPIURL},
 	KindOAuth:    {sfxClientCode, sfxToken, sfxTokenFile, sfxAPIURL},
@@ -601,6 +602,10 @@ func (b *builder) credential(name, globalAPIURL string) Credential {
 			b.fail(p+sfxUsername, "required for kind password")
 		}
 		cr.Password = b.secret(p+sfxPassword, cr.Kind, false)
+		cr.RotatePassword = RotatePolicy(b.oneOf(p+sfxRotate, string(RotateNever), string(RotateNever), string(RotateExpired)))
+		if cr.RotatePassword == RotateExpired && cr.Password.File == "" && cr.Password.Value != "" {
+			b.fail(p+sfxRotate, "expired needs %s: a password given in %s cannot be rewritten", p+sfxPasswordFile, p+sfxPassword)
+		}
 	case KindPIN:
 		if v, ok := b.get(p + sfxParent); ok {
 			cr.Parent = v

@@ -75,7 +75,7 @@ func TestLoadDefaults(t *testing.T) {
 	want := Credential{
 		Name: "pos", Kind: KindPassword, ClientCode: "123456", APIURL: DefaultAPIURL,
 		Username: "api-user", Password: Secret{Value: secretPassword, Var: "SESSIOND_POS_PASSWORD"},
-		SessionLength: 3600, SinkMode: 0o640,
+		SessionLength: 3600, SinkMode: 0o640, RotatePassword: RotateNever,
 	}
 	if !c.Credentials[0].Equal(want) {
 		t.Errorf("credential = %+v\nwant %+v", c.Credentials[0], want)
@@ -214,6 +214,38 @@ func TestCheckConfig(t *testing.T) {
 			want: []string{
 				"warning: SESSIOND_CASHIER_API_URL: not used by kind pin; ignored",
 				"pos: kind=password clientCode=123456 user=api-user secret=file:" + pwFile + " sessionLength=3600s allowUIDs=0,33 sink=/run/pos.key sinkMode=0640",
+				"cashier: kind=pin parent=pos clientCode=123456 secret=inline sessionLength=3600s",
+			},
+		},
+		{
+			name: "automatic rotation of a password file",
+			set: map[string]string{
+				"SESSIOND_POS_PASSWORD":        "",
+				"SESSIOND_POS_PASSWORD_FILE":   pwFile,
+				"SESSIOND_POS_ROTATE_PASSWORD": "Expired",
+			},
+			want: []string{"pos: kind=password clientCode=123456 user=api-user secret=file:" + pwFile + " sessionLength=3600s rotatePassword=expired"},
+		},
+		{
+			name: "automatic rotation of a password from the environment",
+			set:  map[string]string{"SESSIOND_POS_ROTATE_PASSWORD": "expired"},
+			want: []string{"SESSIOND_POS_ROTATE_PASSWORD: expired needs SESSIOND_POS_PASSWORD_FILE: a password given in SESSIOND_POS_PASSWORD cannot be rewritten"},
+		},
+		{
+			name: "unknown rotation policy",
+			set:  map[string]string{"SESSIOND_POS_ROTATE_PASSWORD": "daily"},
+			want: []string{`SESSIOND_POS_ROTATE_PASSWORD: "daily" is not one of never, expired`},
+		},
+		{
+			name: "rotation on a pin credential",
+			set: map[string]string{
+				"SESSIOND_CREDENTIALS": "pos,cashier", "SESSIOND_CASHIER_KIND": "pin",
+				"SESSIOND_CASHIER_PARENT": "pos", "SESSIOND_CASHIER_PIN": secretPIN,
+				"SESSIOND_CASHIER_ROTATE_PASSWORD": "never",
+			},
+			want: []string{
+				"warning: SESSIOND_CASHIER_ROTATE_PASSWORD: not used by kind pin; ignored",
+				"pos: kind=password clientCode=123456 user=api-user secret=inline sessionLength=3600s",
 				"cashier: kind=pin parent=pos clientCode=123456 secret=inline sessionLength=3600s",
 			},
 		},
@@ -728,6 +760,7 @@ func TestEqual(t *testing.T) {
 		"allowed gids":   func(c *Credential) { c.AllowGIDs = nil },
 		"sink file":      func(c *Credential) { c.SinkFile = "/j" },
 		"sink mode":      func(c *Credential) { c.SinkMode = 0o600 },
+		"rotation":       func(c *Credential) { c.RotatePassword = RotateExpired },
 	}
 	for name, change := range changes {
 		c := clone()

@@ -54,6 +54,9 @@ func (c Credential) Summary() string {
 	if c.SinkFile != "" {
 		fmt.Fprintf(&sb, " sink=%s sinkMode=%04o", c.SinkFile, uint32(c.SinkMode.Perm()))
 	}
+	if c.RotatePassword == RotateExpired {
+		fmt.Fprintf(&sb, " rotatePassword=%s", c.RotatePassword)
+	}
 	return sb.String()
 }
 
@@ -92,7 +95,8 @@ func (c Credential) Equal(o Credential) bool {
 		slices.Equal(c.AllowUIDs, o.AllowUIDs) &&
 		slices.Equal(c.AllowGIDs, o.AllowGIDs) &&
 		c.SinkFile == o.SinkFile &&
-		c.SinkMode == o.SinkMode
+		c.SinkMode == o.SinkMode &&
+		c.RotatePassword == o.RotatePassword
 }
 
 // CheckConfig is `erply-sessiond check-config`: it loads the configuration

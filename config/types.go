@@ -65,7 +65,23 @@ type Credential struct {
 	AllowGIDs     []uint32
 	SinkFile      string
 	SinkMode      os.FileMode // default 0640
+	// RotatePassword is when the daemon changes the password itself
+	// (ROTATE_PASSWORD, password kind only): RotateNever (the default) or
+	// RotateExpired.
+	RotatePassword RotatePolicy
 }
+
+// RotatePolicy says when a password credential's password is rotated
+// automatically.
+type RotatePolicy string
+
+// The rotation policies.
+const (
+	// RotateNever only reports an expired password (the default).
+	RotateNever RotatePolicy = "never"
+	// RotateExpired rotates after a login whose reply says the password expired.
+	RotateExpired RotatePolicy = "expired"
+)
 
 // Config is the whole daemon configuration.
 type Config struct {

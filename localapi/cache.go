@@ -50,6 +50,8 @@ type sessionJSON struct {
 	GroupName     string `json:"groupName"`
 	Token         string `json:"token"`
 	IdentityToken string `json:"identityToken"`
+	// PasswordExpired is the login reply's isPasswordExpired.
+	PasswordExpired bool `json:"passwordExpired"`
 }
 
 // expiresInMark is a value no session has, found again to split the JSON.
@@ -75,20 +77,21 @@ func (s *Server) render(snap *pool.Snapshot) *rendered {
 	enc.SetEscapeHTML(false)
 	// Encoding a struct of strings and integers cannot fail.
 	_ = enc.Encode(sessionJSON{
-		Name:          snap.Name,
-		ClientCode:    snap.ClientCode,
-		APIURL:        snap.APIURL,
-		SessionKey:    sess.SessionKey,
-		ExpiresAt:     snap.ExpiresAt.UTC().Format(time.RFC3339),
-		ExpiresIn:     expiresInMark,
-		UserID:        sess.UserID,
-		UserName:      sess.UserName,
-		EmployeeID:    sess.EmployeeID,
-		EmployeeName:  sess.EmployeeName,
-		GroupID:       sess.GroupID,
-		GroupName:     sess.GroupName,
-		Token:         sess.Token,
-		IdentityToken: sess.IdentityToken,
+		Name:            snap.Name,
+		ClientCode:      snap.ClientCode,
+		APIURL:          snap.APIURL,
+		SessionKey:      sess.SessionKey,
+		ExpiresAt:       snap.ExpiresAt.UTC().Format(time.RFC3339),
+		ExpiresIn:       expiresInMark,
+		UserID:          sess.UserID,
+		UserName:        sess.UserName,
+		EmployeeID:      sess.EmployeeID,
+		EmployeeName:    sess.EmployeeName,
+		GroupID:         sess.GroupID,
+		GroupName:       sess.GroupName,
+		Token:           sess.Token,
+		IdentityToken:   sess.IdentityToken,
+		PasswordExpired: sess.PasswordExpired,
 	})
 	// Strings are escaped, so the unquoted field name occurs only as the key.
 	b := buf.Bytes()

@@ -21,7 +21,18 @@ var (
 	errMissingHeader     = answer.New(http.StatusPreconditionFailed, "missing_header", "session routes on TCP require the header "+RequestHeader+": 1")
 	errMissingKey        = answer.New(http.StatusBadRequest, "missing_key", "form or query field key (the stale session key) is required")
 	errMissingTarget     = answer.New(http.StatusBadRequest, "missing_target", "form or query field url or target is required")
+	errRotateTCP         = answer.New(http.StatusNotFound, "not_found", "rotate-password is served on the Unix socket only")
 )
+
+// errRotateForbidden is the answer to a caller who is neither root nor the
+// daemon's user.
+func errRotateForbidden(ci *connInfo) *answer.Error {
+	msg := "only root and the daemon's user may rotate passwords"
+	if ci.ok {
+		msg = "uid " + strconv.FormatUint(uint64(ci.uid), 10) + " may not rotate passwords: only root and the daemon's user may"
+	}
+	return answer.New(http.StatusForbidden, "forbidden", msg)
+}
 
 // errNoToken is the answer of a JWT route when the session carries no such token.
 func errNoToken(what string) *answer.Error {

@@ -210,6 +210,9 @@ type listItem struct {
 	// Logins counts successful logins since the daemon started.
 	Logins    uint64 `json:"logins"`
 	LastError string `json:"lastError"`
+	// PasswordExpired is the last login reply's isPasswordExpired (false
+	// while there is no session).
+	PasswordExpired bool `json:"passwordExpired"`
 }
 
 // handleList lists the credentials the peer may read (all of them on TCP).
@@ -236,6 +239,9 @@ func (s *Server) handleList(w http.ResponseWriter, r *http.Request) error {
 		if !snap.RefreshAt.IsZero() {
 			at := snap.RefreshAt.UTC().Format(time.RFC3339)
 			it.RefreshAt = &at
+		}
+		if snap.Session != nil {
+			it.PasswordExpired = snap.Session.PasswordExpired
 		}
 		out = append(out, it)
 	}
@@ -300,6 +306,34 @@ func (s *Server) handleReadyz(w http.ResponseWriter, _ *http.Request) error {
 		status = http.StatusServiceUnavailable
 	}
 	writeJSON(w, status, body)
+	return nil
+}
+
+// handleRotate changes a password credential's password and answers the
+// new session. It is served on the Unix socket only, to root and the
+// daemon's own user: whoever rotates the password can lock every other
+// user of the account out.
+func (s *Server) handleRotate(w http.ResponseWriter, r *http.Request) error {
+	ci := peerOf(r.Context())
+	if ci.tcp {
+		return errRotateTCP
+	}
+	if !ci.ok || (ci.uid != 0 && ci.uid != s.selfUID) {
+		return errRotateForbidden(ci)
+	}
+	name := r.PathValue("name")
+	if !validName(name) {
+		return errUnknownCredential
+	}
+	snap, err := s.rotator.Rotate(r.Context(), name)
+	if err != nil {
+		return err
+	}
+	rd, now, err := s.answer(ci, snap)
+	if err != nil {
+		return err
+	}
+	writeBody(w, http.StatusOK, applicationJSON, rd.sessionBody(now))
 	return nil
 }
 

@@ -12,8 +12,9 @@ import (
 
 // metrics are the API's Prometheus collectors.
 type metrics struct {
-	requests *prometheus.CounterVec
-	expiry   *expiryCollector
+	requests        *prometheus.CounterVec
+	expiry          *expiryCollector
+	passwordExpired *passwordExpiredCollector
 }
 
 func newMetrics(sessions Sessions, now func() time.Time) *metrics {
@@ -31,6 +32,12 @@ func newMetrics(sessions Sessions, now func() time.Time) *metrics {
 			state: prometheus.NewDesc("erply_sessiond_credential_state",
 				"1 for the state each credential is in (starting, ok, refreshing, failing, expired), 0 for the others.",
 				[]string{"credential", "state"}, nil),
+		},
+		passwordExpired: &passwordExpiredCollector{
+			sessions: sessions,
+			desc: prometheus.NewDesc("erply_sessiond_password_expired",
+				"1 when the last login reply of the credential said its password expired (isPasswordExpired), else 0 (absent while it has no session).",
+				[]string{"credential"}, nil),
 		},
 	}
 }
@@ -112,5 +119,29 @@ func (c *expiryCollector) Collect(ch chan<- prometheus.Metric) {
 		}
 		ch <- prometheus.MustNewConstMetric(c.desc, prometheus.GaugeValue,
 			float64(snap.ExpiresAt.UnixMilli())/1e3, snap.Name)
+	}
+}
+
+// passwordExpiredCollector exports whether each credential's last login
+// said its password expired, from the pool's snapshots at scrape time.
+type passwordExpiredCollector struct {
+	sessions Sessions
+	desc     *prometheus.Desc
+}
+
+// Describe implements prometheus.Collector.
+func (c *passwordExpiredCollector) Describe(ch chan<- *prometheus.Desc) { ch <- c.desc }
+
+// Collect implements prometheus.Collector.
+func (c *passwordExpiredCollector) Collect(ch chan<- prometheus.Metric) {
+	for _, snap := range c.sessions.Snapshots() {
+		if snap == nil || snap.Session == nil {
+			continue
+		}
+		v := 0.0
+		if snap.Session.PasswordExpired {
+			v = 1
+		}
+		ch <- prometheus.MustNewConstMetric(c.desc, prometheus.GaugeValue, v, snap.Name)
 	}
 }

@@ -42,6 +42,11 @@ func (s *Server) routes() {
 	if s.proxy != nil {
 		add("POST /v1/sessions/{name}/api", true, json, s.handleProxy)
 	}
+	if s.rotator != nil {
+		// Not a session route for the TCP rules: on TCP it is 404 even
+		// with TCPSessions (handleRotate).
+		add("POST /v1/sessions/{name}/rotate-password", false, json, s.handleRotate)
+	}
 	add("GET /healthz", false, text, s.handleHealthz)
 	add("GET /readyz", false, json, s.handleReadyz)
 	metrics := promhttp.HandlerFor(s.gatherer, promhttp.HandlerOpts{})

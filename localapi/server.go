@@ -106,6 +106,18 @@ type Options struct {
 	// same checks as the other session routes (name, access, TCP header);
 	// when nil that route does not exist.
 	Proxy http.Handler
+	// Rotator, when set, serves POST /v1/sessions/{name}/rotate-password
+	// on the Unix socket to callers of uid 0 or the daemon's own uid (403
+	// for others, 404 on TCP); when nil that route does not exist.
+	Rotator Rotator
+}
+
+// Rotator changes a password credential's password with Erply's
+// changePassword and returns the snapshot holding the new session;
+// *password.Rotator implements it. Its errors are answered as
+// internal/answer maps them (an *answer.Error as it is).
+type Rotator interface {
+	Rotate(ctx context.Context, name string) (*pool.Snapshot, error)
 }
 
 // Server serves the local API on any number of listeners. Its methods are
@@ -120,6 +132,7 @@ type Server struct {
 	lastReload  func() *ReloadStatus
 	peerCred    func(net.Conn) connInfo
 	proxy       http.Handler
+	rotator     Rotator
 	gatherer    prometheus.Gatherer
 	selfUID     uint32
 
@@ -152,6 +165,7 @@ func New(opts Options) *Server {
 		tcpSessions: opts.TCPSessions,
 		lastReload:  opts.LastReload,
 		proxy:       opts.Proxy,
+		rotator:     opts.Rotator,
 		selfUID:     uint32(os.Getuid()),
 	}
 	if s.clk == nil {
@@ -187,7 +201,7 @@ func New(opts Options) *Server {
 	s.gatherer = gat
 	s.metrics = newMetrics(s.sessions, s.clk.Now)
 	if reg != nil {
-		reg.MustRegister(s.metrics.requests, s.metrics.expiry)
+		reg.MustRegister(s.metrics.requests, s.metrics.expiry, s.metrics.passwordExpired)
 	}
 
 	s.cache.init(s.render)

@@ -29,7 +29,7 @@ import (
 func sessionJSON(key string, expiresAt time.Time, expiresIn int) string {
 	return fmt.Sprintf(`{"name":"pos","clientCode":"104001","apiURL":"https://104001.erply.com/api/?a=1&b=2",`+
 		`"sessionKey":%q,"expiresAt":%q,"expiresIn":%d,"userID":6,"userName":"demo","employeeID":7,`+
-		`"employeeName":"Demo <Person>","groupID":3,"groupName":"admins","token":"jwt.%s","identityToken":"idt.%s"}`+"\n",
+		`"employeeName":"Demo <Person>","groupID":3,"groupName":"admins","token":"jwt.%s","identityToken":"idt.%s","passwordExpired":false}`+"\n",
 		key, expiresAt.UTC().Format(time.RFC3339), expiresIn, key, key)
 }
 
@@ -255,15 +255,16 @@ func TestSessionList(t *testing.T) {
 	failing.Logins = 3
 	starting := &pool.Snapshot{Name: "back_office", Kind: "pin", ClientCode: "104001", State: pool.StateStarting}
 	late := snapshot("late", "L", t0.Add(-time.Second), 2) // the pool has not noticed yet
+	late.Session.PasswordExpired = true
 	private := snapshot("private", "P", t0.Add(time.Hour), 1)
 	private.AllowUIDs = []uint32{4242}
 	fake := newFake(failing, starting, late, private)
 	h := start(t, fake, setup{opts: func(o *localapi.Options) {
 		o.PeerCred = func(net.Conn) (uint32, uint32, uint32, bool) { return 1000, 1000, 1, true }
 	}})
-	want := `[{"name":"pos","kind":"password","clientCode":"104001","state":"failing","expiresAt":"2025-03-04T11:00:00Z","refreshAt":"2025-03-04T10:01:30Z","logins":3,"lastError":"erply verifyUser: error 1000 (API under maintenance)"},` +
-		`{"name":"back_office","kind":"pin","clientCode":"104001","state":"starting","expiresAt":null,"refreshAt":null,"logins":0,"lastError":""},` +
-		`{"name":"late","kind":"password","clientCode":"104001","state":"expired","expiresAt":"2025-03-04T09:59:59Z","refreshAt":null,"logins":0,"lastError":""}]` + "\n"
+	want := `[{"name":"pos","kind":"password","clientCode":"104001","state":"failing","expiresAt":"2025-03-04T11:00:00Z","refreshAt":"2025-03-04T10:01:30Z","logins":3,"lastError":"erply verifyUser: error 1000 (API under maintenance)","passwordExpired":false},` +
+		`{"name":"back_office","kind":"pin","clientCode":"104001","state":"starting","expiresAt":null,"refreshAt":null,"logins":0,"lastError":"","passwordExpired":false},` +
+		`{"name":"late","kind":"password","clientCode":"104001","state":"expired","expiresAt":"2025-03-04T09:59:59Z","refreshAt":null,"logins":0,"lastError":"","passwordExpired":true}]` + "\n"
 	expect(t, h.get("/v1/sessions"), 200, jsonType, want)
 	if strings.Contains(h.get("/v1/sessions").body, `"K`) {
 		t.Error("the list leaks a session key")

@@ -268,6 +268,19 @@ func (p *Pool) Names() []string {
 	return append([]string(nil), p.order...)
 }
 
+// Credential returns a credential's current settings (as last applied by
+// New or Update), for parts that act on a credential beside the pool, such
+// as a password rotation.
+func (p *Pool) Credential(name string) (config.Credential, bool) {
+	e := p.entry(name)
+	if e == nil {
+		return config.Credential{}, false
+	}
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return e.cred, true
+}
+
 // Snapshot returns a credential's current snapshot without refreshing it.
 func (p *Pool) Snapshot(name string) (*Snapshot, bool) {
 	e := p.entry(name)

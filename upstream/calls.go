@@ -36,6 +36,20 @@ func (c *Client) VerifyOAuthToken(ctx context.Context, acct Account, idToken str
 	return c.login(ctx, acct, "verifyOAuthToken", form)
 }
 
+// ChangePassword changes the session's user's password (Erply's
+// changePassword) and returns the new session it makes; Erply deletes every
+// other session of the user, sessionKey's included. sessionLength is the
+// wanted lifetime in seconds (0 leaves it to Erply: 3600). Erply refuses
+// with 1010 (a password unset), 1012 (new equals old) or 1016 (errorField
+// newPassword: too weak; oldPassword: wrong). The call is never repeated
+// unless Erply certainly did not act on it, so an error without an Erply
+// code (network, timeout, HTTP 5xx) leaves the outcome unknown.
+func (c *Client) ChangePassword(ctx context.Context, acct Account, sessionKey, oldPassword, newPassword string, sessionLength int) (*Session, error) {
+	form := url.Values{"sessionKey": {sessionKey}, "oldPassword": {oldPassword}, "newPassword": {newPassword}}
+	setSessionLength(form, sessionLength)
+	return c.login(ctx, acct, "changePassword", form)
+}
+
 // GetSessionKeyInfo returns the creation and expiry times of sessionKey, on
 // Erply's clock.
 func (c *Client) GetSessionKeyInfo(ctx context.Context, acct Account, sessionKey string) (*SessionKeyInfo, error) {

@@ -204,7 +204,7 @@ func (c *Client) Call(ctx context.Context, acct Account, request string, form ur
 // in logs and metrics.
 func (c *Client) call(ctx context.Context, acct Account, request string, form url.Values, decode func(*Reply) error) (*Reply, error) {
 	start := c.clock.Now()
-	st := &callState{c: c, ctx: ctx, request: request, decode: decode}
+	st := &callState{c: c, ctx: ctx, request: request, decode: decode, once: changesState[request]}
 	reply, err := st.do(acct, form)
 	var e *Error
 	if errors.As(err, &e) && e.HTTPStatus == http.StatusForbidden && e.Code == 0 &&
@@ -230,6 +230,9 @@ type callState struct {
 	request  string
 	decode   func(*Reply) error // may be nil
 	attempts int
+	// once marks a request that changes something at Erply: it is sent
+	// again only when the failed attempt certainly did nothing.
+	once bool
 
 	// retryablehttp calls the hooks below synchronously from Do, in the
 	// caller's goroutine, so these need no lock.
@@ -379,6 +382,11 @@ func (st *callState) checkRetry(ctx context.Context, resp *http.Response, err er
 		return false, nil
 	}
 	st.last = e
+	if retry && st.once && !notProcessed(e, err) {
+		// The attempt may have done its work with only the reply lost: a
+		// second changePassword would meet a deleted key and hide that.
+		retry = false
+	}
 	if !retry {
 		return false, e
 	}
@@ -389,6 +397,18 @@ func (st *callState) checkRetry(ctx context.Context, resp *http.Response, err er
 		return false, e
 	}
 	return true, e
+}
+
+// changesState names the requests that change something at Erply, so
+// that sending one twice is not harmless.
+var changesState = map[string]bool{"changePassword": true}
+
+// notProcessed reports whether a failed attempt certainly left Erply
+// unchanged: maintenance (1000), the per-IP limit (HTTP 429), or a
+// connection that was refused before anything was sent.
+func notProcessed(e *Error, transportErr error) bool {
+	return e.Code == CodeMaintenance || e.HTTPStatus == http.StatusTooManyRequests ||
+		(transportErr != nil && errors.Is(transportErr, syscall.ECONNREFUSED))
 }
 
 // nextWait is the wait before the next attempt, or -1 when it would not fit.

@@ -169,6 +169,7 @@ func decodeSession(request string, r *Reply) (*Session, error) {
 	if s.SessionLength < 0 {
 		return nil, badReply("negative sessionLength")
 	}
+	s.PasswordExpired = f.flag("isPasswordExpired")
 	s.Endpoints = endpointLists(f)
 	return s, nil
 }
@@ -372,6 +373,18 @@ func (f fields) str(name string) (string, error) {
 		return string(raw), nil
 	}
 	return "", errors.New("not a string")
+}
+
+// flag reads a boolean sent as true, 1, "1" or "true" (any case); anything
+// else, absence and unreadable values included, is false: a flag that only
+// informs never fails the reply it came with.
+func (f fields) flag(name string) bool {
+	s, err := f.str(name)
+	if err != nil {
+		return false
+	}
+	s = strings.TrimSpace(s)
+	return s == "1" || strings.EqualFold(s, "true")
 }
 
 // int reads an integer from a number, a numeric string ("6", "3600.0"), an

@@ -49,6 +49,10 @@ type Session struct {
 	Token         string
 	IdentityToken string
 
+	// PasswordExpired is the reply's isPasswordExpired: the account's
+	// password rotation policy says the user's password must be changed.
+	PasswordExpired bool
+
 	// Endpoints holds every endpoint list of the reply by its field name
 	// (customerRegistryURLs, cayanGatewayURLs, ...), in the order Erply sent them.
 	Endpoints map[string][]Endpoint

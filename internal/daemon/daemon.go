@@ -24,6 +24,7 @@ import (
 	"github.com/erply-sessiond/erply-sessiond/internal/envwatch"
 	"github.com/erply-sessiond/erply-sessiond/localapi"
 	"github.com/erply-sessiond/erply-sessiond/login"
+	"github.com/erply-sessiond/erply-sessiond/password"
 	"github.com/erply-sessiond/erply-sessiond/pool"
 	"github.com/erply-sessiond/erply-sessiond/proxy"
 	"github.com/erply-sessiond/erply-sessiond/refresher"
@@ -82,6 +83,7 @@ type Daemon struct {
 	api      *localapi.Server
 	sinks    *sink.Writer
 	state    *state.Store // nil without a state directory
+	rot      *password.Rotator
 	policy   refresher.Policy
 	notifier *sdnotify.Notifier
 	getenv   func(string) string
@@ -139,8 +141,12 @@ func New(cfg *config.Config, o Options) (*Daemon, error) {
 	policy := refresher.Default()
 	policy.Fraction = cfg.RefreshFraction
 	policy.Margin = cfg.ExpiryMargin
+	// A password credential's logins and its rotations take the password
+	// file's lock, and a login refused while a rotation's PASSWORD_FILE.next
+	// is left over tries it once.
+	files := password.NewFiles(d.log)
 	p, err := pool.New(pool.Options{
-		Upstream: d.up, MethodFor: login.Methods(d.up), Credentials: cfg.Credentials, Clock: d.clk, Policy: policy,
+		Upstream: d.up, MethodFor: files.Methods(login.Methods(d.up)), Credentials: cfg.Credentials, Clock: d.clk, Policy: policy,
 		Logger: d.log, Registerer: reg,
 	})
 	if err != nil {
@@ -148,6 +154,12 @@ func New(cfg *config.Config, o Options) (*Daemon, error) {
 	}
 	d.pool = p
 	d.policy = policy
+
+	d.rot, err = password.NewRotator(password.Options{Sessions: p, Upstream: d.up, Files: files,
+		Clock: d.clk, Logger: d.log, Registerer: reg})
+	if err != nil {
+		return nil, err
+	}
 
 	d.sinks = sink.New(d.log)
 	d.sinks.SetTargets(sinkTargets(cfg))
@@ -159,7 +171,7 @@ func New(cfg *config.Config, o Options) (*Daemon, error) {
 		Sessions: p, Clock: d.clk, Logger: d.log.With().Str("component", "localapi").Logger(),
 		Registerer: reg, Gatherer: reg,
 		EndpointCooldown: cfg.EndpointCooldown, TCPSessions: cfg.HTTPSessions,
-		LastReload: d.lastReload.Load, Proxy: px,
+		LastReload: d.lastReload.Load, Proxy: px, Rotator: d.rot,
 	})
 	d.notifier = sdnotify.New(d.getenv, d.clk, d.log)
 	if cfg.StateDir != "" {
@@ -206,6 +218,7 @@ func (d *Daemon) Run(ctx context.Context) error {
 	}
 	defer d.up.CloseIdleConnections()
 	defer d.pool.Close()
+	defer d.rot.Close() // before the pool: a change already sent to Erply finishes
 	defer func() {
 		for _, cancel := range d.cancels {
 			cancel()

@@ -48,7 +48,7 @@ type errorJSON struct {
 
 // sessionFields are every field DESIGN.md lists for GET /v1/sessions/{name}.
 var sessionFields = []string{"name", "clientCode", "apiURL", "sessionKey", "expiresAt", "expiresIn",
-	"userID", "userName", "employeeID", "employeeName", "groupID", "groupName", "token", "identityToken"}
+	"userID", "userName", "employeeID", "employeeName", "groupID", "groupName", "token", "identityToken", "passwordExpired"}
 
 // checkSession asserts the session JSON has exactly the documented fields
 // and returns it.
@@ -93,8 +93,8 @@ func TestE2ESessionRoutes(t *testing.T) {
 			delete(it, "refreshAt")
 		}
 		want := []map[string]any{
-			{"name": "pos", "kind": "password", "clientCode": d.code, "state": "ok", "expiresAt": "2026-11-23T09:00:00Z", "logins": 1.0, "lastError": ""},
-			{"name": "cashier", "kind": "pin", "clientCode": d.code, "state": "ok", "expiresAt": "2026-11-23T09:00:00Z", "logins": 1.0, "lastError": ""},
+			{"name": "pos", "kind": "password", "clientCode": d.code, "state": "ok", "expiresAt": "2026-11-23T09:00:00Z", "logins": 1.0, "lastError": "", "passwordExpired": false},
+			{"name": "cashier", "kind": "pin", "clientCode": d.code, "state": "ok", "expiresAt": "2026-11-23T09:00:00Z", "logins": 1.0, "lastError": "", "passwordExpired": false},
 		}
 		if fmt.Sprint(list) != fmt.Sprint(want) {
 			t.Fatalf("list =\n%v\nwant\n%v", list, want)

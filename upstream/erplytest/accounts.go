@@ -46,6 +46,9 @@ type userState struct {
 	failures     []time.Time // recent wrong passwords, oldest first
 	blockedUntil time.Time
 	timesBlocked int
+	// passwordExpired is sent as isPasswordExpired in the user's login
+	// replies until a changePassword call changes the password.
+	passwordExpired bool
 }
 
 // blocked reports whether the user is blocked at now, ending an elapsed block.
@@ -249,6 +252,24 @@ func (s *Server) ChangePassword(clientCode, username, newPassword string) {
 	u.Password = newPassword
 	u.failures, u.blockedUntil = nil, time.Time{}
 	s.deleteUserSessionsLocked(clientCode, username, "")
+}
+
+// SetPasswordExpired sets whether the user's login replies say
+// isPasswordExpired, as an account with password rotation does when the
+// password is due; a successful changePassword call clears it. It panics if
+// the user does not exist.
+func (s *Server) SetPasswordExpired(clientCode, username string, expired bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.mustUserLocked(clientCode, username).passwordExpired = expired
+}
+
+// Password returns the user's current password, so that a test can see
+// what a changePassword call set. It panics if the user does not exist.
+func (s *Server) Password(clientCode, username string) string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.mustUserLocked(clientCode, username).Password
 }
 
 // Sessions returns how many live sessions a user has.

@@ -209,6 +209,7 @@ func (s *Server) changePassword(a *Account, u *userState, cur *session, form url
 		return nil, codeInvalidValue, "oldPassword"
 	}
 	u.Password = newPW
+	u.passwordExpired = false
 	ss := s.newSessionLocked(cur.clientCode, u.Username, now, now.Add(lengthParam(form.Get("sessionLength"))))
 	s.deleteUserSessionsLocked(cur.clientCode, u.Username, ss.key)
 	return []any{s.loginRecordLocked(a, u, ss, now, form, ip)}, 0, ""
@@ -237,7 +238,7 @@ func (s *Server) loginRecordLocked(a *Account, u *userState, ss *session, now ti
 		"ipAddress":          ip,
 		"sessionKey":         ss.key,
 		"sessionLength":      ss.length,
-		"isPasswordExpired":  false,
+		"isPasswordExpired":  u.passwordExpired,
 		"loginUrl":           "https://" + a.clientCode + ".erply.example/",
 		"berlinPOSVersion":   "4.19",
 		"berlinPOSAssetsURL": "https://assets.erply.example/berlin/4.19/",
