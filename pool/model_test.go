@@ -131,7 +131,7 @@ func TestPoolModel(t *testing.T) {
 			t.Logf("replay with POOL_MODEL_SEED=%d", seed)
 		}
 	})
-	const workers, steps = 8, 300
+	const workers, steps = 8, 250
 	m := newModel(t, seed)
 	var wg sync.WaitGroup
 	for w := range workers {
