@@ -112,6 +112,22 @@ func (p *Pool) blocked(e *entry, now time.Time) (time.Duration, bool) {
 // else logged in meanwhile) and is valid, no new login is made. Unless
 // force is set, no login is made while the failure backoff lasts.
 func (p *Pool) login(ctx context.Context, e *entry, staleVersion uint64, why string, force bool) (*Snapshot, error) {
+	s, err := p.flight(ctx, e, staleVersion, why, force)
+	if err != nil || s.Valid(p.clk.Now(), p.margin(s)) {
+		return s, err
+	}
+	// A caller that joined a flight as it ended gets that flight's session,
+	// which the clock may have overtaken since (a suspended host, a late
+	// timer): never hand it out; one more flight, from this session on.
+	if s, err = p.flight(ctx, e, s.Version, why, force); err != nil || s.Valid(p.clk.Now(), p.margin(s)) {
+		return s, err
+	}
+	return nil, &UnavailableError{Name: e.name, Reason: s.LastError, RetryAfter: time.Second}
+}
+
+// flight joins or starts e's login flight and waits for its outcome (at
+// most WaitLimit or the caller's deadline).
+func (p *Pool) flight(ctx context.Context, e *entry, staleVersion uint64, why string, force bool) (*Snapshot, error) {
 	ch := e.sf.DoChan("login", func() (any, error) {
 		if !p.work.start() {
 			return nil, &UnavailableError{Name: e.name, Reason: errShuttingDown}

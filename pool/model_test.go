@@ -521,8 +521,11 @@ func (m *model) installFromElsewhere(r *rand.Rand) {
 	}
 }
 
-// checkListing: names and snapshots agree, in order, none missing.
+// checkListing: names and snapshots agree, in order, none missing. It
+// holds reloadMu so that no reload runs between the two reads.
 func (m *model) checkListing() {
+	m.reloadMu.Lock()
+	defer m.reloadMu.Unlock()
 	names := m.pool.Names()
 	snaps := m.pool.Snapshots()
 	for i, s := range snaps {
@@ -532,9 +535,7 @@ func (m *model) checkListing() {
 	}
 	for _, n := range names {
 		if _, ok := m.pool.Snapshot(n); !ok {
-			if _, gone := m.removed.Load(n); !gone {
-				m.violate("listed name %s has no snapshot", n)
-			}
+			m.violate("listed name %s has no snapshot", n)
 		}
 	}
 }
