@@ -34,6 +34,8 @@ Global variables (defaults in brackets):
   SESSIOND_EXPIRY_MARGIN      [60s]
   SESSIOND_PROXY_CONCURRENCY  upstream requests at once per client code [10]
   SESSIOND_ENV_FILE           KEY=VALUE file re-read on SIGHUP (wins over the environment)
+  SESSIOND_ENV_FILE_WATCH     also apply a change of SESSIOND_ENV_FILE by itself, within 10 s [false]
+  SESSIOND_STATE_DIR          private directory of the sessions saved across restarts [$STATE_DIRECTORY, else off]
 
 Per credential NAME (SESSIOND_<NAME>_…):
   KIND            password | pin | identity | oauth [password]

@@ -161,6 +161,11 @@ echo "== units"
 if [ "$(grep -c "^ExecStart=/usr/bin/$pkg\$" /usr/lib/systemd/system/$pkg.service)" != 1 ]; then
 	bad "the installed service's ExecStart is not /usr/bin/$pkg"
 fi
+# The purge removes /var/lib/$pkg: that must be where the unit saves sessions.
+if ! grep -qx "StateDirectory=$pkg" /usr/lib/systemd/system/$pkg.service ||
+	! grep -qx "StateDirectoryMode=0700" /usr/lib/systemd/system/$pkg.service; then
+	bad "the installed service does not keep its state in /var/lib/$pkg (StateDirectory=$pkg, StateDirectoryMode=0700)"
+fi
 if command -v systemd-analyze >/dev/null; then
 	out="$(systemd-analyze verify --man=no /usr/lib/systemd/system/$pkg.socket /usr/lib/systemd/system/$pkg.service 2>&1)" || bad "systemd-analyze verify failed"
 	if [ -n "$out" ]; then
@@ -192,8 +197,10 @@ out="$(runuser -u $pkg -- env -i SESSIOND_ENV_FILE=/etc/$pkg/env /usr/bin/$pkg c
 rc=$?
 set -e
 printf '    %s\n' "${out//$'\n'/$'\n'    }"
-if [ "$rc" != 1 ] || ! grep -q 'pos.password' <<<"$out" || grep -qi 'permission denied' <<<"$out"; then
-	bad "check-config as $pkg: exit $rc; want 1 naming the missing pos.password, not a permission error"
+# A secret file that cannot be read is a configuration problem naming its
+# variable: exit 78, as for any invalid configuration.
+if [ "$rc" != 78 ] || ! grep -q 'SESSIOND_POS_PASSWORD_FILE: .*pos.password' <<<"$out" || grep -qi 'permission denied' <<<"$out"; then
+	bad "check-config as $pkg: exit $rc; want 78 naming the missing pos.password, not a permission error"
 fi
 if runuser -u nobody -- cat /etc/$pkg/env >/dev/null 2>&1; then
 	bad "user nobody can read /etc/$pkg/env"

@@ -97,6 +97,15 @@ func TestUnitsMatchTheDaemon(t *testing.T) {
 	if got := one(t, svc, "RuntimeDirectoryPreserve"); got != "yes" {
 		t.Errorf("RuntimeDirectoryPreserve=%s: stopping the service would delete the socket unit's socket", got)
 	}
+	// Sessions saved across restarts: the daemon takes systemd's
+	// $STATE_DIRECTORY and refuses one others can write; its keys are
+	// nobody else's to read either.
+	if got := one(t, svc, "StateDirectory"); got != "erply-sessiond" {
+		t.Errorf("StateDirectory=%s, want erply-sessiond (/var/lib/erply-sessiond, which the package's purge removes)", got)
+	}
+	if got := one(t, svc, "StateDirectoryMode"); got != "0700" {
+		t.Errorf("StateDirectoryMode=%s, want 0700: the state file holds session keys", got)
+	}
 	if got, want := one(t, sock, "SocketGroup"), one(t, svc, "Group"); got != want {
 		t.Errorf("socket group %s is not the service's group %s", got, want)
 	}
@@ -178,7 +187,7 @@ func TestEnvExampleDocumentsEverySetting(t *testing.T) {
 		config.VarCredentials, config.VarSocket, config.VarSocketMode, config.VarHTTPAddr,
 		config.VarHTTPSessions, config.VarLogLevel, config.VarLogFormat, config.VarAPIURL,
 		config.VarEndpointCooldown, config.VarRefreshFraction, config.VarExpiryMargin,
-		config.VarProxyConcurrency, config.VarEnvFile,
+		config.VarProxyConcurrency, config.VarEnvFile, config.VarEnvFileWatch, config.VarStateDir,
 	} {
 		if !strings.Contains(string(b), v) {
 			t.Errorf("env.example does not mention %s", v)

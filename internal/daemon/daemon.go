@@ -86,6 +86,7 @@ type Daemon struct {
 	rot      *password.Rotator
 	policy   refresher.Policy
 	notifier *sdnotify.Notifier
+	watcher  *envwatch.Watcher // nil unless SESSIOND_ENV_FILE_WATCH
 	getenv   func(string) string
 	cancels  []func() // pool subscriptions, ended by Run
 
@@ -186,6 +187,20 @@ func New(cfg *config.Config, o Options) (*Daemon, error) {
 		}
 		d.state = st
 	}
+	if cfg.EnvFileWatch && cfg.EnvFile != "" {
+		d.watcher = &envwatch.Watcher{Path: cfg.EnvFile, Interval: o.EnvWatchInterval, Clock: d.clk,
+			Changed: func() {
+				d.log.Info().Str("file", cfg.EnvFile).Msg("env file changed: reloading")
+				_ = d.Reload() // a rejected file is logged and shown in /readyz by Reload
+			},
+			Failed: func(err error) {
+				d.log.Warn().Err(err).Str("file", cfg.EnvFile).Msg("env file cannot be read; the configuration in use keeps running")
+			},
+		}
+		// The baseline is the file as cfg was just read from it, not as it
+		// is once Run listens: a change in between is not lost.
+		d.watcher.Prime()
+	}
 	d.cancels = append(d.cancels,
 		p.Subscribe(d.sinks.Apply),
 		p.Subscribe(func(*pool.Snapshot) { d.notifier.Status(statusLine(p.Snapshots())) }),
@@ -277,18 +292,9 @@ func (d *Daemon) Run(ctx context.Context) error {
 		return nil
 	})
 	g.Go(func() error { return d.notifier.RunWatchdog(gctx, func() bool { return true }) })
-	if cfg.EnvFileWatch && cfg.EnvFile != "" {
-		w := &envwatch.Watcher{Path: cfg.EnvFile, Interval: d.opts.EnvWatchInterval, Clock: d.clk,
-			Changed: func() {
-				d.log.Info().Str("file", cfg.EnvFile).Msg("env file changed: reloading")
-				_ = d.Reload() // a rejected file is logged and shown in /readyz by Reload
-			},
-			Failed: func(err error) {
-				d.log.Warn().Err(err).Str("file", cfg.EnvFile).Msg("env file cannot be read; the configuration in use keeps running")
-			},
-		}
+	if d.watcher != nil {
 		d.log.Info().Str("file", cfg.EnvFile).Msg("watching the env file: a change is applied as SIGHUP would")
-		g.Go(func() error { return w.Run(gctx) })
+		g.Go(func() error { return d.watcher.Run(gctx) })
 	}
 	g.Go(func() error {
 		<-gctx.Done()

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"io"
+	"maps"
 	"net"
 	"net/http"
 	"os"
@@ -47,6 +48,7 @@ type testDaemon struct {
 	cancel context.CancelFunc
 	done   chan error
 	dm     *daemon.Daemon
+	ready  chan struct{} // closed when the daemon says it is ready
 	client *client.Client
 	http   *http.Client
 }
@@ -68,6 +70,13 @@ type daemonOptions struct {
 	// daemon (not d.clk, which stays the bare fake), e.g. to move the wall
 	// clock without firing timers, as a suspended host sees it.
 	wrapClock func(*clock.Fake) clock.Clock
+	// restartOf, when set, starts the daemon again as a restart of that
+	// one would: the same fake Erply, clock, directory and environment (env
+	// then adds to it), with everything the previous daemon left on disk.
+	// Stop the previous daemon first.
+	restartOf *testDaemon
+	// envWatch is the daemon's Options.EnvWatchInterval.
+	envWatch time.Duration
 }
 
 var testStart = time.Date(2026, 11, 23, 8, 0, 0, 0, time.UTC)
@@ -76,38 +85,51 @@ var testStart = time.Date(2026, 11, 23, 8, 0, 0, 0, time.UTC)
 // file) and "cashier" (pin on top of pos), and waits until it is ready.
 func startDaemon(t *testing.T, o daemonOptions) *testDaemon {
 	t.Helper()
-	dir, err := os.MkdirTemp("", "sd")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { os.RemoveAll(dir) })
-	d := &testDaemon{t: t, dir: dir, socket: filepath.Join(dir, "s.sock"), logs: &syncBuffer{}, reg: prometheus.NewRegistry(), done: make(chan error, 1)}
 	var clk clock.Clock = clock.Real{}
-	if !o.realClock {
-		d.clk = clock.NewFake(testStart)
-		clk = d.clk
-		if o.wrapClock != nil {
-			clk = o.wrapClock(d.clk)
+	d := &testDaemon{t: t, logs: &syncBuffer{}, reg: prometheus.NewRegistry(), done: make(chan error, 1)}
+	if prev := o.restartOf; prev != nil {
+		d.clk, d.fake, d.dir, d.socket = prev.clk, prev.fake, prev.dir, prev.socket
+		d.code, d.user, d.pw, d.pin, d.pwFile = prev.code, prev.user, prev.pw, prev.pin, prev.pwFile
+		d.env = maps.Clone(prev.env)
+		if d.clk != nil {
+			clk = d.clk
+			if o.wrapClock != nil {
+				clk = o.wrapClock(d.clk)
+			}
 		}
-	}
-	d.fake = erplytest.New(clk)
-	t.Cleanup(d.fake.Close)
-	d.code, d.user, d.pw, d.pin = d.fake.SeedDemo()
-	d.pwFile = filepath.Join(dir, "pos.password")
-	if err := os.WriteFile(d.pwFile, []byte(d.pw+"\n"), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	d.env = map[string]string{
-		"SESSIOND_LOG_LEVEL":         "debug",
-		"SESSIOND_CREDENTIALS":       "pos,cashier",
-		"SESSIOND_SOCKET":            d.socket,
-		"SESSIOND_API_URL":           d.fake.APIURL(),
-		"SESSIOND_POS_CLIENT_CODE":   d.code,
-		"SESSIOND_POS_USERNAME":      d.user,
-		"SESSIOND_POS_PASSWORD_FILE": d.pwFile,
-		"SESSIOND_CASHIER_KIND":      "pin",
-		"SESSIOND_CASHIER_PARENT":    "pos",
-		"SESSIOND_CASHIER_PIN":       d.pin,
+	} else {
+		dir, err := os.MkdirTemp("", "sd")
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { os.RemoveAll(dir) })
+		d.dir, d.socket = dir, filepath.Join(dir, "s.sock")
+		if !o.realClock {
+			d.clk = clock.NewFake(testStart)
+			clk = d.clk
+			if o.wrapClock != nil {
+				clk = o.wrapClock(d.clk)
+			}
+		}
+		d.fake = erplytest.New(clk)
+		t.Cleanup(d.fake.Close)
+		d.code, d.user, d.pw, d.pin = d.fake.SeedDemo()
+		d.pwFile = filepath.Join(dir, "pos.password")
+		if err := os.WriteFile(d.pwFile, []byte(d.pw+"\n"), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		d.env = map[string]string{
+			"SESSIOND_LOG_LEVEL":         "debug",
+			"SESSIOND_CREDENTIALS":       "pos,cashier",
+			"SESSIOND_SOCKET":            d.socket,
+			"SESSIOND_API_URL":           d.fake.APIURL(),
+			"SESSIOND_POS_CLIENT_CODE":   d.code,
+			"SESSIOND_POS_USERNAME":      d.user,
+			"SESSIOND_POS_PASSWORD_FILE": d.pwFile,
+			"SESSIOND_CASHIER_KIND":      "pin",
+			"SESSIOND_CASHIER_PARENT":    "pos",
+			"SESSIOND_CASHIER_PIN":       d.pin,
+		}
 	}
 	for k, v := range o.env {
 		if v == "" {
@@ -130,8 +152,9 @@ func startDaemon(t *testing.T, o daemonOptions) *testDaemon {
 	}
 	up.Clock = clk
 	ready := make(chan struct{})
+	d.ready = ready
 	d.dm, err = daemon.New(cfg, daemon.Options{Environ: environ, LogOutput: d.logs, Clock: clk, Upstream: up,
-		Registry: d.reg, Version: "test", Ready: func() { close(ready) }})
+		Registry: d.reg, Version: "test", Ready: func() { close(ready) }, EnvWatchInterval: o.envWatch})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -149,15 +172,21 @@ func startDaemon(t *testing.T, o daemonOptions) *testDaemon {
 	if o.noWait {
 		return d
 	}
+	d.waitReady(t)
+	return d
+}
+
+// waitReady returns once the daemon is ready (Options.Ready was called).
+func (d *testDaemon) waitReady(t *testing.T) {
+	t.Helper()
 	select {
-	case <-ready:
+	case <-d.ready:
 	case err := <-d.done:
 		d.done <- err
 		t.Fatalf("daemon exited before ready: %v\n%s", err, d.logs)
 	case <-time.After(20 * time.Second):
 		t.Fatalf("daemon not ready after 20s\n%s", d.logs)
 	}
-	return d
 }
 
 func (d *testDaemon) environ() []string {

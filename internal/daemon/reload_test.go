@@ -26,6 +26,17 @@ const (
 // that a reload never reads half a file.
 func writeEnvFile(t *testing.T, path string, vars map[string]string) {
 	t.Helper()
+	tmp := path + ".tmp"
+	if err := os.WriteFile(tmp, envFileContent(vars), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Rename(tmp, path); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// envFileContent renders vars as an env file, sorted by name.
+func envFileContent(vars map[string]string) []byte {
 	keys := make([]string, 0, len(vars))
 	for k := range vars {
 		keys = append(keys, k)
@@ -36,13 +47,7 @@ func writeEnvFile(t *testing.T, path string, vars map[string]string) {
 	for _, k := range keys {
 		fmt.Fprintf(&b, "%s=%q\n", k, vars[k])
 	}
-	tmp := path + ".tmp"
-	if err := os.WriteFile(tmp, []byte(b.String()), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.Rename(tmp, path); err != nil {
-		t.Fatal(err)
-	}
+	return []byte(b.String())
 }
 
 // readyz is the /readyz answer.

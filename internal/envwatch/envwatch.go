@@ -38,11 +38,23 @@ type Watcher struct {
 	// Failed, when set, is told when the file cannot be read (once per
 	// new error, not every look); the watch goes on.
 	Failed func(error)
+
+	primed  bool
+	base    [sha256.Size]byte
+	baseErr error
 }
 
-// Run watches until ctx ends. The content at the start is the baseline: only
-// later changes are reported. A file that disappears is a change when it
-// comes back different.
+// Prime takes the baseline now instead of when Run starts, so that a change
+// made between the two is reported too: call it when the configuration is
+// read from the file, before Run (not concurrently with it).
+func (w *Watcher) Prime() {
+	w.base, w.baseErr = w.look()
+	w.primed = true
+}
+
+// Run watches until ctx ends. The content at the start (or at Prime) is the
+// baseline: only later changes are reported. A file that disappears is a
+// change when it comes back different.
 func (w *Watcher) Run(ctx context.Context) error {
 	clk := w.Clock
 	if clk == nil {
@@ -52,7 +64,10 @@ func (w *Watcher) Run(ctx context.Context) error {
 	if every <= 0 {
 		every = DefaultInterval
 	}
-	applied, lastErr := w.look()
+	applied, lastErr := w.base, w.baseErr
+	if !w.primed {
+		applied, lastErr = w.look()
+	}
 	seen, pending := applied, false
 	for {
 		t := clk.NewTimer(every)

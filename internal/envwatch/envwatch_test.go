@@ -163,6 +163,27 @@ func TestBurstIsOneChange(t *testing.T) {
 	h.want(1, "after the burst settled")
 }
 
+// A change made after Prime but before Run starts (the daemon primes when it
+// loads its configuration, and starts watching only once it listens) is
+// reported; without Prime it would be the baseline and be missed.
+func TestChangeBeforeRunAfterPrime(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "env")
+	write(t, path, "A=1\n")
+	h := &harness{t: t, clk: clock.NewFake(time.Date(2026, 12, 4, 9, 0, 0, 0, time.UTC))}
+	w := &envwatch.Watcher{Path: path, Interval: every, Clock: h.clk, Changed: func() { h.changes.Add(1) }}
+	w.Prime()
+	write(t, path, "A=2\n")
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { defer close(done); _ = w.Run(ctx) }()
+	t.Cleanup(func() { cancel(); <-done })
+	h.look()
+	h.look()
+	h.want(1, "a change between Prime and Run")
+	h.look()
+	h.want(1, "no further change")
+}
+
 func TestUnreadableIsReportedOnceAndWatchGoesOn(t *testing.T) {
 	dir := t.TempDir()
 	path := filepath.Join(dir, "env")

@@ -169,6 +169,19 @@ func mountAt(c *corev1.Container, dir string) *corev1.VolumeMount {
 	return nil
 }
 
+// mountHolding returns the mount of c whose directory holds p (p itself or
+// below it), the deepest if several do.
+func mountHolding(c *corev1.Container, p string) *corev1.VolumeMount {
+	var best *corev1.VolumeMount
+	for i, vm := range c.VolumeMounts {
+		dir := path.Clean(vm.MountPath)
+		if (p == dir || strings.HasPrefix(p, dir+"/")) && (best == nil || len(dir) > len(best.MountPath)) {
+			best = &c.VolumeMounts[i]
+		}
+	}
+	return best
+}
+
 func volume(spec *corev1.PodSpec, name string) *corev1.Volume {
 	for i, v := range spec.Volumes {
 		if v.Name == name {
@@ -315,6 +328,58 @@ func TestSidecarShape(t *testing.T) {
 		}
 		if lim.Cmp(resource.MustParse("256Mi")) > 0 {
 			t.Errorf("memory limit %s: the daemon needs far less", lim)
+		}
+	})
+
+	t.Run("state directory", func(t *testing.T) {
+		dir := envOf(daemon)["SESSIOND_STATE_DIR"]
+		if dir == "" || !path.IsAbs(dir) {
+			t.Fatalf("SESSIOND_STATE_DIR=%q: want an absolute path, so that a restarted container keeps its sessions", dir)
+		}
+		vm := mountHolding(daemon, dir)
+		if vm == nil {
+			t.Fatalf("SESSIOND_STATE_DIR=%s is in no mounted volume: the container's root file system is read-only", dir)
+		}
+		if vm.ReadOnly {
+			t.Errorf("SESSIOND_STATE_DIR=%s is on a read-only mount", dir)
+		}
+		// kubelet makes an emptyDir world-writable (0777, or 2777 with
+		// fsGroup), which the daemon refuses: it must create the directory.
+		if path.Clean(vm.MountPath) == dir {
+			t.Errorf("SESSIOND_STATE_DIR=%s is the mount point itself, which is writable by every user: the daemon refuses it; name a subdirectory", dir)
+		}
+		v := volume(spec, vm.Name)
+		if v == nil || v.EmptyDir == nil || v.EmptyDir.Medium != corev1.StorageMediumMemory {
+			t.Errorf("volume %s is not a memory-backed emptyDir: saved session keys would reach the node's disk, or outlive the pod", vm.Name)
+		}
+		if sock := mountAt(daemon, path.Dir(envOf(daemon)["SESSIOND_SOCKET"])); sock != nil && sock.Name == vm.Name {
+			t.Errorf("the state directory is on the socket's volume %s, which the app mounts too", vm.Name)
+		}
+		for _, c := range append(append([]corev1.Container{}, spec.InitContainers...), spec.Containers...) {
+			if c.Name == daemon.Name {
+				continue
+			}
+			for _, m := range c.VolumeMounts {
+				if m.Name == vm.Name {
+					t.Errorf("container %s mounts the state volume %s: it could read the saved session keys or plant its own", c.Name, vm.Name)
+				}
+			}
+		}
+	})
+
+	t.Run("configuration follows the ConfigMap", func(t *testing.T) {
+		if got := envOf(daemon)["SESSIOND_ENV_FILE_WATCH"]; got != "true" {
+			t.Errorf("SESSIOND_ENV_FILE_WATCH=%q: nothing sends SIGHUP inside a pod, so a ConfigMap change would wait for a rollout", got)
+		}
+		if vm := mountAt(daemon, path.Dir(envOf(daemon)["SESSIOND_ENV_FILE"])); vm != nil && vm.SubPath != "" {
+			t.Errorf("the env file's volume is mounted with subPath %q: kubelet never updates a subPath mount", vm.SubPath)
+		}
+		data, err := os.ReadFile(manifestPath)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if bytes.Contains(data, []byte("rollout restart")) {
+			t.Error("the manifest still advises a rollout to apply a ConfigMap change")
 		}
 	})
 
