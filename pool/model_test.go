@@ -408,6 +408,11 @@ func (m *model) reload(r *rand.Rand) {
 		if changed[c.Name] || (c.Parent != "" && changed[c.Parent]) {
 			continue
 		}
+		if c.Parent != "" && (before[c.Parent] == "" || after[c.Parent] != before[c.Parent]) {
+			// Its parent had no valid session and got one (a new pin on it
+			// asked): switching again on the parent's new session is right.
+			continue
+		}
 		if k, ok := before[c.Name]; ok && after[c.Name] != k {
 			m.violate("unchanged credential %s got a new key across a reload", c.Name)
 		}
@@ -427,8 +432,11 @@ func (m *model) validKeys() map[string]string {
 }
 
 // changeSecret writes a wrong or the right password to a credential's file
-// and tells the pool, as SIGHUP does.
+// and tells the pool, as SIGHUP does. It holds the clock shared, like every
+// operation that may start a login, so that exclusive steps see none start.
 func (m *model) changeSecret(r *rand.Rand) {
+	m.clockMu.RLock()
+	defer m.clockMu.RUnlock()
 	m.reloadMu.Lock()
 	var files []config.Credential
 	for _, c := range m.creds {
