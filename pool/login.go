@@ -158,13 +158,20 @@ func (p *Pool) doLogin(e *entry, why string) (*Snapshot, error) {
 			continue
 		}
 		if err == nil {
-			g.Obtained, g.ExpiresAt = start, time.Time{}
+			// A Method that knows when its session was measured (one
+			// adopted from a fleet) says so; a login is measured from here.
+			if g.Obtained.IsZero() {
+				g.Obtained, g.ExpiresAt = start, time.Time{}
+			}
 			if err = p.complete(&g); err != nil {
 				err = &upstream.Error{Request: "login", Err: err}
 			}
 		}
 		if err != nil {
 			return nil, p.failed(e, err, why)
+		}
+		if g.Origin != "" {
+			why = g.Origin
 		}
 		return p.install(e, g, why), nil
 	}
