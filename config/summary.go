@@ -54,6 +54,9 @@ func (c Credential) Summary() string {
 	if c.SinkFile != "" {
 		fmt.Fprintf(&sb, " sink=%s sinkMode=%04o", c.SinkFile, uint32(c.SinkMode.Perm()))
 	}
+	if c.FleetLocal {
+		sb.WriteString(" fleet=local")
+	}
 	return sb.String()
 }
 
@@ -92,7 +95,8 @@ func (c Credential) Equal(o Credential) bool {
 		slices.Equal(c.AllowUIDs, o.AllowUIDs) &&
 		slices.Equal(c.AllowGIDs, o.AllowGIDs) &&
 		c.SinkFile == o.SinkFile &&
-		c.SinkMode == o.SinkMode
+		c.SinkMode == o.SinkMode &&
+		c.FleetLocal == o.FleetLocal
 }
 
 // CheckConfig is `erply-sessiond check-config`: it loads the configuration
@@ -125,6 +129,9 @@ func CheckConfig(environ []string, w io.Writer) error {
 	default:
 		for _, cr := range c.Credentials {
 			sb.WriteString(cr.Summary() + "\n")
+		}
+		if c.Fleet.Enabled() {
+			sb.WriteString(c.Fleet.Summary() + "\n")
 		}
 	}
 	if _, werr := io.WriteString(w, sb.String()); werr != nil && err == nil {

@@ -65,6 +65,9 @@ type Credential struct {
 	AllowGIDs     []uint32
 	SinkFile      string
 	SinkMode      os.FileMode // default 0640
+	// FleetLocal keeps the credential out of fleet mode
+	// (SESSIOND_<NAME>_FLEET=false): it logs in on its own.
+	FleetLocal bool
 }
 
 // Config is the whole daemon configuration.
@@ -85,6 +88,8 @@ type Config struct {
 	ProxyConcurrency int           // SESSIOND_PROXY_CONCURRENCY
 	EnvFile          string        // SESSIOND_ENV_FILE
 	Credentials      []Credential  // in SESSIOND_CREDENTIALS order
+	// Fleet is fleet mode (SESSIOND_FLEET_*); off unless its Redis URL is set.
+	Fleet Fleet
 	// Warnings are non-fatal findings for the daemon to log: unknown
 	// SESSIOND_* variables (typos), settings the credential's kind ignores.
 	Warnings []string
