@@ -54,6 +54,9 @@ func (e *entry) RenewJWT() {
 	if s.Session == nil || s.Removed {
 		return
 	}
+	if due := e.timer.Due(refresher.RenewJWT); !due.IsZero() && p.clk.Now().Before(due) {
+		return // a stale delivery: a session installed meanwhile re-armed the renewal
+	}
 	if p.jwtRenewAt(s).IsZero() {
 		return // no JWT of this session expires before it does
 	}
