@@ -722,6 +722,7 @@ func TestEqual(t *testing.T) {
 		"allowed gids":   func(c *Credential) { c.AllowGIDs = nil },
 		"sink file":      func(c *Credential) { c.SinkFile = "/j" },
 		"sink mode":      func(c *Credential) { c.SinkMode = 0o600 },
+		"fleet local":    func(c *Credential) { c.FleetLocal = true },
 	}
 	for name, change := range changes {
 		c := clone()

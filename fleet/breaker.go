@@ -47,8 +47,10 @@ func (b *breaker) Allow() error {
 
 // ReportResult implements redis.Limiter.
 func (b *breaker) ReportResult(err error) {
-	if errors.Is(err, context.Canceled) {
-		return // the caller gave up: says nothing about Redis
+	if errors.Is(err, context.Canceled) || errors.Is(err, ErrRedisUnreachable) {
+		// The caller gave up, or the breaker itself refused a connection's
+		// set-up inside an allowed command: neither says anything new.
+		return
 	}
 	fail := isFailure(err)
 	b.mu.Lock()

@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/alicebob/miniredis/v2"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
 	"github.com/erply-sessiond/erply-sessiond/config"
@@ -327,5 +328,139 @@ func TestUnreadableRecordStaysLocal(t *testing.T) {
 				t.Fatalf("after the reload: %s (%s)", mode, why)
 			}
 		})
+	}
+}
+
+// A lock left by a daemon that died: the next daemon waits for it (serving
+// nothing stale meanwhile) and logs in once it expires.
+func TestDeadHoldersLockExpires(t *testing.T) {
+	be := miniBackend(t)
+	w := newWorld(t, be)
+	d := w.start([]config.Credential{w.pwCred("pos", 3600)})
+	be.mr.Set("sessiond:{test/pos}:lock", "a-dead-daemon")
+	be.mr.SetTTL("sessiond:{test/pos}:lock", w.lockTTL)
+	opened := make(chan error, 1)
+	go func() { opened <- d.pool.Open(context.Background()) }()
+	// Ready when it waits on the lock (miniredis's TTLs move only when told).
+	for testutil.ToFloat64(d.fleetMetric(t, "erply_sessiond_fleet_lock_waits_total")) == 0 {
+		select {
+		case err := <-opened:
+			t.Fatalf("Open returned while the lock was held: %v", err)
+		case <-time.After(5 * time.Millisecond):
+		}
+	}
+	if n := w.fake.Calls("verifyUser"); n != 0 {
+		t.Fatalf("logged in while another daemon held the lock (%d)", n)
+	}
+	be.mr.FastForward(w.lockTTL)
+	if err := <-opened; err != nil {
+		t.Fatal(err)
+	}
+	w.mustServe(d, "pos")
+	if n := w.fake.Calls("verifyUser"); n != 1 {
+		t.Fatalf("verifyUser = %d, want 1", n)
+	}
+}
+
+// Redis absent, or refusing the daemon (no password, wrong password):
+// logins are local, fast, and say why; nothing crashes.
+func TestRedisUnusable(t *testing.T) {
+	closed := miniredis.RunT(t)
+	closedURL := "redis://" + closed.Addr()
+	closed.Close()
+	for _, tc := range []struct {
+		name, reason string
+		url          func(be *backend) string
+	}{
+		{"absent", "connect", func(*backend) string { return closedURL }},
+		{"no password", "NOAUTH", func(be *backend) string { be.mr.RequireAuth("right"); return be.url }},
+		{"wrong password", "WRONGPASS", func(be *backend) string {
+			be.mr.RequireAuth("right")
+			return "redis://:wrong@" + be.mr.Addr()
+		}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			be := miniBackend(t)
+			w := newWorld(t, be)
+			url := tc.url(be) // before any client connects: miniredis's auth settings are not goroutine-safe
+			var ds []*daemon
+			for range 2 {
+				ds = append(ds, w.start([]config.Credential{w.pwCred("pos", 3600)}, withURL(url)))
+			}
+			began := time.Now()
+			w.openAll(ds...)
+			took := time.Since(began)
+			for _, d := range ds {
+				w.mustServe(d, "pos")
+				mode, why := d.fleet.Status("pos")
+				if mode != fleet.ModeLocal || !strings.Contains(why, tc.reason) {
+					t.Fatalf("status %s (%s), want local naming %q", mode, why, tc.reason)
+				}
+				if strings.Contains(why, "wrong") {
+					t.Fatal("the reason shows the Redis password")
+				}
+				if up := testutil.ToFloat64(d.fleetMetric(t, "erply_sessiond_fleet_redis_up")); up != 0 {
+					t.Fatal("redis_up is not 0")
+				}
+			}
+			if n := w.fake.Calls("verifyUser"); n != 2 {
+				t.Fatalf("verifyUser = %d, want one local login per daemon", n)
+			}
+			// No valid session before: no fallback delay, one timeout at most.
+			if took > 2*time.Second {
+				t.Fatalf("start took %s with Redis unusable", took)
+			}
+		})
+	}
+}
+
+// SESSIOND_<NAME>_FLEET=false: that credential never touches Redis.
+func TestKeptLocal(t *testing.T) {
+	be := miniBackend(t)
+	w := newWorld(t, be)
+	c := w.pwCred("pos", 3600)
+	c.FleetLocal = true
+	ds := []*daemon{w.start([]config.Credential{c}), w.start([]config.Credential{c})}
+	w.openAll(ds...)
+	if n := w.fake.Calls("verifyUser"); n != 2 {
+		t.Fatalf("verifyUser = %d, want one per daemon", n)
+	}
+	if keys := be.mr.Keys(); len(keys) != 0 {
+		t.Fatalf("a local credential wrote to Redis: %v", keys)
+	}
+	if mode, why := ds[0].fleet.Status("pos"); mode != fleet.ModeLocal || why != "kept local by SESSIOND_POS_FLEET=false" {
+		t.Fatalf("status %s (%s)", mode, why)
+	}
+	var nilFleet *fleet.Fleet
+	if mode, _ := nilFleet.Status("pos"); mode != fleet.ModeOff {
+		t.Fatal("a nil fleet (fleet mode off) must say off")
+	}
+}
+
+// A keyring file that breaks on reload keeps the old keys and says so.
+func TestReloadKeepsKeysOnError(t *testing.T) {
+	be := miniBackend(t)
+	w := newWorld(t, be)
+	keyFile := keyringFile(t, "k1")
+	b, _ := os.ReadFile(w.keyFile)
+	if err := os.WriteFile(keyFile, b, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	ds := []*daemon{w.start([]config.Credential{w.pwCred("pos", 3600)}), w.start([]config.Credential{w.pwCred("pos", 3600)}, withKeyFile(keyFile))}
+	w.openAll(ds...)
+	if err := os.WriteFile(keyFile, []byte("k1 not-base64\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	err := ds[1].fleet.Reload()
+	if err == nil || !strings.HasPrefix(err.Error(), config.VarFleetKeyFile+": ") {
+		t.Fatalf("Reload = %v, want an error naming %s", err, config.VarFleetKeyFile)
+	}
+	k, _ := w.converge("pos", time.Second, ds...)
+	if _, err := ds[1].pool.Invalidate(context.Background(), "pos", k); err != nil {
+		t.Fatal(err)
+	}
+	w.converge("pos", time.Second, ds...)
+	if mode, why := ds[1].fleet.Status("pos"); mode != fleet.ModeShared {
+		t.Fatalf("after a failed reload: %s (%s)", mode, why)
 	}
 }
