@@ -123,8 +123,8 @@ func (s *redisServer) start() {
 	s.t.Helper()
 	os.Remove(s.sock)
 	s.cmd = exec.Command("redis-server", "--port", "0", "--unixsocket", s.sock, "--unixsocketperm", "700",
-		"--save", "", "--appendonly", "no", "--dir", s.dir, "--loglevel", "warning")
-	s.cmd.Stdout, s.cmd.Stderr = os.Stderr, os.Stderr
+		"--save", "", "--appendonly", "no", "--dir", s.dir, "--loglevel", "warning",
+		"--logfile", filepath.Join(s.dir, "redis.log"))
 	if err := s.cmd.Start(); err != nil {
 		s.t.Fatal(err)
 	}
@@ -147,14 +147,19 @@ func (s *redisServer) start() {
 			}
 		}
 		if time.Now().After(deadline) {
-			s.t.Fatalf("redis-server did not answer on %s", s.sock)
+			s.t.Fatalf("redis-server did not answer on %s: %s", s.sock, s.log())
 		}
 		select {
 		case <-done:
-			s.t.Fatal("redis-server exited at start")
+			s.t.Fatalf("redis-server exited at start: %s", s.log())
 		case <-time.After(10 * time.Millisecond):
 		}
 	}
+}
+
+func (s *redisServer) log() string {
+	b, _ := os.ReadFile(filepath.Join(s.dir, "redis.log"))
+	return string(b)
 }
 
 func (s *redisServer) signal(sig syscall.Signal) {

@@ -1,7 +1,9 @@
 package fleet_test
 
 import (
+	"fmt"
 	"os"
+	"os/exec"
 	"testing"
 
 	"go.uber.org/goleak"
@@ -10,6 +12,9 @@ import (
 func TestMain(m *testing.M) {
 	if os.Getenv(helperEnv) != "" {
 		os.Exit(runHelper())
+	}
+	if _, err := exec.LookPath("redis-server"); err != nil {
+		fmt.Fprintln(os.Stderr, "WARNING: redis-server is not installed: fleet's tests against a real Redis (SIGKILL, SIGSTOP, MONITOR) are SKIPPED; apt-get install redis-server")
 	}
 	goleak.VerifyTestMain(m)
 }

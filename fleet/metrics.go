@@ -27,7 +27,7 @@ func newMetrics() metrics {
 	return metrics{
 		up: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "erply_sessiond_fleet_redis_up",
-			Help: "1 while the fleet's Redis answers, 0 while it is unreachable or refuses the daemon.",
+			Help: "0 from a failed Redis command (unreachable, or refusing this daemon) until one succeeds again, else 1.",
 		}),
 		published:       cv("published_total", "Sessions this daemon published to the fleet, by credential.", "credential"),
 		adopted:         cv("adopted_total", "Sessions this daemon adopted from the fleet instead of logging in, by credential.", "credential"),
