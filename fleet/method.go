@@ -75,12 +75,15 @@ func (m *method) Login(ctx context.Context, cred config.Credential, sessions poo
 		f.m.localLogins.WithLabelValues(cred.Name, reasonUnreadable).Inc()
 		return m.local(ctx, cred, sessions)
 	}
+	replacedKey := ""
+	if rep, ok := pool.Replacing(ctx); ok && rep.Session != nil {
+		replacedKey = rep.Session.SessionKey
+	}
 	// Read under c.mu, which the follower holds while it installs: either
 	// its install shows here, or what it installs is newer than start.
 	c.mu.Lock()
 	snap, _ := p.Snapshot(cred.Name)
-	if rep, ok := pool.Replacing(ctx); ok && snap != nil && snap.Session != nil &&
-		(rep.Session == nil || rep.Session.SessionKey != snap.Session.SessionKey) &&
+	if snap != nil && snap.Session != nil && snap.Session.SessionKey != replacedKey &&
 		snap.Valid(f.clk.Now(), f.policy.MarginFor(time.Duration(snap.Session.SessionLength)*time.Second)) {
 		// The follower installed a fresh session after the pool asked for
 		// this login: that one is the answer.
@@ -90,16 +93,8 @@ func (m *method) Login(ctx context.Context, cred config.Credential, sessions poo
 	}
 	start := c.servedVersion(snap)
 	c.mu.Unlock()
-	if e := f.log.Debug(); e.Enabled() {
-		rk, sk := "", ""
-		if rep, ok := pool.Replacing(ctx); ok && rep.Session != nil {
-			rk = pool.Fingerprint(rep.Session.SessionKey)
-		}
-		if snap != nil && snap.Session != nil {
-			sk = pool.Fingerprint(snap.Session.SessionKey)
-		}
-		e.Str("credential", cred.Name).Str("replacing", rk).Str("serving", sk).Int64("exp", start.Exp).Uint64("gen", start.Gen).Msg("login asked")
-	}
+	f.log.Debug().Str("credential", cred.Name).Str("replacing", fingerprint(replacedKey)).
+		Int64("exp", start.Exp).Uint64("gen", start.Gen).Msg("login asked")
 	parentKey := ""
 	if cred.Parent != "" {
 		// A shared pin session is adopted only if it was switched from the
@@ -113,10 +108,6 @@ func (m *method) Login(ctx context.Context, cred config.Credential, sessions poo
 	// A record fits when it is newer than what the pool asked to replace
 	// and another session than that, still valid past the margin, and (for
 	// a pin) made on our parent.
-	replacedKey := ""
-	if rep, ok := pool.Replacing(ctx); ok && rep.Session != nil {
-		replacedKey = rep.Session.SessionKey
-	}
 	fits := func(r *record) bool {
 		return r != nil && r.v.newer(start) && r.g.Session.SessionKey != replacedKey &&
 			f.fresh(r.g, f.clk.Now()) && (cred.Parent == "" || r.g.ParentKey == parentKey)
@@ -173,6 +164,14 @@ func (m *method) Login(ctx context.Context, cred config.Credential, sessions poo
 	c.mu.Unlock()
 	f.publishTurn(ctx, id, tn, g, v)
 	return g, nil
+}
+
+// fingerprint is pool.Fingerprint, and "" for no key.
+func fingerprint(key string) string {
+	if key == "" {
+		return ""
+	}
+	return pool.Fingerprint(key)
 }
 
 // grantOf hands the pool back the session it serves. Called with c.mu held.
@@ -443,7 +442,7 @@ func (f *Fleet) RenewJWT(ctx context.Context, cur *pool.Snapshot, fetch func(con
 		return fetch(ctx)
 	}
 	key := cur.Session.SessionKey
-	f.log.Debug().Str("credential", cur.Name).Str("key", pool.Fingerprint(key)).Int64("exp", start.Exp).Uint64("gen", start.Gen).Str("now", f.clk.Now().Format("05.000")).Str("jwtExp", upstream.TokenExpiry(cur.Session.Token).Format("05")).Msg("JWT renewal asked")
+	f.log.Debug().Str("credential", cur.Name).Str("key", pool.Fingerprint(key)).Int64("exp", start.Exp).Uint64("gen", start.Gen).Msg("JWT renewal asked")
 	// The record fits when it holds this session with newer JWTs, or a
 	// newer session altogether: the follower installs that one, and these
 	// JWTs are not worth renewing.
