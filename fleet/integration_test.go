@@ -339,3 +339,61 @@ func maxTime(a, b time.Time) time.Time {
 	}
 	return a
 }
+
+// fleetACL is the least a fleet daemon's Redis user needs: its keys and
+// channels (sessiond:*) and the commands it and its scripts run. The
+// README gives it to operators; this test proves it is enough.
+var fleetACL = []string{"on", ">acl-pw-1", "resetkeys", "~sessiond:*", "resetchannels", "&sessiond:*",
+	"-@all", "+ping", "+get", "+set", "+del", "+hmget", "+hset", "+pexpire", "+publish", "+subscribe", "+evalsha", "+eval"}
+
+// Daemons logged in as a Redis user with fleetACL share as usual; a user
+// without EVALSHA keeps them local with the refusal in the status.
+func TestACLUser(t *testing.T) {
+	needRedis(t)
+	be := realBackend(t)
+	rdb := be.client(t)
+	ctx := context.Background()
+	args := []any{"ACL", "SETUSER", "sessiond"}
+	for _, a := range fleetACL {
+		args = append(args, a)
+	}
+	if err := rdb.Do(ctx, args...).Err(); err != nil {
+		t.Fatal(err)
+	}
+	if err := rdb.Do(ctx, "ACL", "SETUSER", "narrow", "on", ">acl-pw-2", "~sessiond:*", "&sessiond:*", "-@all", "+ping", "+hmget", "+set", "+subscribe").Err(); err != nil {
+		t.Fatal(err)
+	}
+	w := newWorld(t, be)
+	url := "unix://sessiond:acl-pw-1@" + be.srv.sock
+	ds := []*daemon{w.start([]config.Credential{w.pwCred("pos", 3600)}, withURL(url)), w.start([]config.Credential{w.pwCred("pos", 3600)}, withURL(url))}
+	w.openAll(ds...)
+	k, _ := w.converge("pos", time.Second, ds...)
+	if _, err := ds[1].pool.Invalidate(ctx, "pos", k); err != nil {
+		t.Fatal(err)
+	}
+	w.converge("pos", time.Second, ds...)
+	if n := w.fake.Calls("verifyUser"); n != 2 {
+		t.Fatalf("verifyUser = %d with the ACL user, want 2 (shared)", n)
+	}
+	for _, d := range ds {
+		if mode, why := d.fleet.Status("pos"); mode != fleet.ModeShared {
+			t.Fatalf("with the ACL user: %s (%s)", mode, why)
+		}
+	}
+
+	// A user that may read but not run the scripts adopts, and when it
+	// must log in itself it does so locally and says why.
+	narrow := w.start([]config.Credential{w.pwCred("pos", 3600)}, withURL("unix://narrow:acl-pw-2@"+be.srv.sock),
+		func(o *fleet.Options) { o.BreakerCooldown = time.Minute })
+	w.openAll(narrow)
+	k = w.mustServe(narrow, "pos")
+	if _, err := narrow.pool.Invalidate(ctx, "pos", k); err != nil {
+		t.Fatal(err)
+	}
+	if w.mustServe(narrow, "pos") == k {
+		t.Fatal("no new session")
+	}
+	if mode, why := narrow.fleet.Status("pos"); mode != fleet.ModeLocal || !strings.Contains(why, "NOPERM") {
+		t.Fatalf("a user the ACL refuses: %s (%s), want local naming NOPERM", mode, why)
+	}
+}
