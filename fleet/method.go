@@ -45,6 +45,7 @@ type HeldError struct {
 	Err   error
 }
 
+// Error names the hold's end and the failure behind it.
 func (e *HeldError) Error() string {
 	return "held by the fleet until " + e.Until.Format(time.RFC3339) + " after a failed login: " + e.Err.Error()
 }

@@ -63,6 +63,7 @@ type OpenError struct {
 	Unknown bool
 }
 
+// Error says why the record cannot be opened; it never shows key material.
 func (e *OpenError) Error() string {
 	if e.Unknown {
 		return "the shared record is sealed with key " + strconv.Quote(e.KeyID) + ", which is not in this daemon's keyring"
