@@ -486,3 +486,14 @@ func sleep(ctx context.Context, d time.Duration) error {
 
 // KeyFile is the keyring file Reload reads.
 func (f *Fleet) KeyFile() string { return f.opts.Config.KeyFile }
+
+// SetRedisLogger sends go-redis's own messages (dial failures and the
+// like, whose meaning the fleet logs itself) to log at debug level instead
+// of stderr. go-redis keeps one logger per process: call it once, from run.
+func SetRedisLogger(log zerolog.Logger) {
+	redis.SetLogger(redisLog{log.With().Str("component", "redis").Logger()})
+}
+
+type redisLog struct{ log zerolog.Logger }
+
+func (l redisLog) Printf(_ context.Context, format string, v ...any) { l.log.Debug().Msgf(format, v...) }
