@@ -133,14 +133,16 @@ type poolRef struct{ p Pool }
 type credState struct {
 	name string
 
-	mu        sync.Mutex // orders the follower's installs with the grants Login returns
-	conf      config.Credential
-	id        identity
-	servedKey string // the session this daemon serves, as far as the fleet made or saw it
-	servedJWT string // and its JWTs: a renewal bumps the version, not the key
+	info     sync.Mutex // guards conf, id and localErr; never held across a call out
+	conf     config.Credential
+	id       identity
+	localErr error // why it stays local: a record it cannot open (sticky until Reload or a readable record)
+
+	mu        sync.Mutex // orders the follower's installs with the grants Login returns; guards the rest
+	servedKey string     // the session this daemon serves, as far as the fleet made or saw it
+	servedJWT string     // and its JWTs: a renewal bumps the version, not the key
 	served    version
 	parentKey string
-	localErr  error // why it stays local: a record it cannot open (sticky until Reload or a readable record)
 
 	noticeMu sync.Mutex
 	notice   chan struct{} // closed at each notice for this credential
@@ -295,9 +297,7 @@ func (f *Fleet) Reload() error {
 	f.keys.Store(&keys)
 	f.mu.Lock()
 	for _, c := range f.creds {
-		c.mu.Lock()
-		c.localErr = nil
-		c.mu.Unlock()
+		c.clearLocal()
 	}
 	f.mu.Unlock()
 	f.log.Info().Int("keys", len(keys)).Str("encryptWith", keys[0].ID).Msg("keyring reloaded")
@@ -315,9 +315,7 @@ func (f *Fleet) Status(name string) (Mode, string) {
 	if c == nil {
 		return ModeOff, ""
 	}
-	c.mu.Lock()
-	conf, localErr := c.conf, c.localErr
-	c.mu.Unlock()
+	conf, _, localErr := c.get()
 	if conf.FleetLocal {
 		return ModeLocal, "kept local by " + config.Prefix + strings.ToUpper(name) + "_FLEET=false"
 	}
@@ -360,13 +358,19 @@ func (f *Fleet) track(c config.Credential) *credState {
 		f.creds[c.Name] = cs
 	}
 	id := f.identityOf(c)
-	cs.mu.Lock()
-	if cs.id != id {
-		// Another identity: what was known of the old one no longer applies.
-		cs.servedKey, cs.served, cs.parentKey, cs.localErr = "", version{}, "", nil
+	cs.info.Lock()
+	changed := cs.id != id
+	if changed {
+		cs.localErr = nil
 	}
 	cs.conf, cs.id = c, id
-	cs.mu.Unlock()
+	cs.info.Unlock()
+	if changed {
+		// Another identity: what was known of the old one no longer applies.
+		cs.mu.Lock()
+		cs.servedKey, cs.servedJWT, cs.served, cs.parentKey = "", "", version{}, ""
+		cs.mu.Unlock()
+	}
 	f.m.touch(c.Name)
 	return cs
 }
@@ -375,6 +379,22 @@ func (f *Fleet) state(name string) *credState {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	return f.creds[name]
+}
+
+// get returns the credential's settings, identity and local reason.
+func (c *credState) get() (config.Credential, identity, error) {
+	c.info.Lock()
+	defer c.info.Unlock()
+	return c.conf, c.id, c.localErr
+}
+
+// clearLocal ends a local stay; it reports whether there was one.
+func (c *credState) clearLocal() bool {
+	c.info.Lock()
+	defer c.info.Unlock()
+	was := c.localErr != nil
+	c.localErr = nil
+	return was
 }
 
 // servedVersion is the version of what the pool serves now: known when the
@@ -421,10 +441,10 @@ func (c *credState) notify() {
 // logged once, and never written by this daemon.
 func (f *Fleet) goLocal(c *credState, err error) {
 	f.m.decryptFailures.WithLabelValues(c.name).Inc()
-	c.mu.Lock()
+	c.info.Lock()
 	first := c.localErr == nil
 	c.localErr = err
-	c.mu.Unlock()
+	c.info.Unlock()
 	if first {
 		f.log.Warn().Str("credential", c.name).Err(err).
 			Msg("cannot open the fleet's shared session: this credential stays local and this daemon never writes its record")
@@ -496,4 +516,6 @@ func SetRedisLogger(log zerolog.Logger) {
 
 type redisLog struct{ log zerolog.Logger }
 
-func (l redisLog) Printf(_ context.Context, format string, v ...any) { l.log.Debug().Msgf(format, v...) }
+func (l redisLog) Printf(_ context.Context, format string, v ...any) {
+	l.log.Debug().Msgf(format, v...)
+}

@@ -101,9 +101,7 @@ func (f *Fleet) sync(ctx context.Context, name string) {
 	if p == nil || c == nil {
 		return
 	}
-	c.mu.Lock()
-	conf, id, localErr := c.conf, c.id, c.localErr
-	c.mu.Unlock()
+	conf, id, localErr := c.get()
 	if conf.FleetLocal {
 		return
 	}
@@ -120,9 +118,7 @@ func (f *Fleet) sync(ctx context.Context, name string) {
 	case localErr != nil && rec == nil:
 		return // still nothing this daemon may share
 	case localErr != nil:
-		c.mu.Lock()
-		c.localErr = nil
-		c.mu.Unlock()
+		c.clearLocal()
 		f.log.Info().Str("credential", name).Msg("the fleet's shared session opens again: sharing")
 	}
 	snap, ok := p.Snapshot(name)

@@ -63,9 +63,7 @@ func (m *method) Login(ctx context.Context, cred config.Credential, sessions poo
 		c = f.track(cred)
 	}
 	p := f.thePool()
-	c.mu.Lock()
-	id, localErr := c.id, c.localErr
-	c.mu.Unlock()
+	_, id, localErr := c.get()
 	switch {
 	case p == nil:
 		return m.local(ctx, cred, sessions)
@@ -434,8 +432,8 @@ func (f *Fleet) RenewJWT(ctx context.Context, cur *pool.Snapshot, fetch func(con
 	if c == nil || f.thePool() == nil || cur.Session == nil {
 		return fetch(ctx)
 	}
+	conf, id, localErr := c.get()
 	c.mu.Lock()
-	conf, localErr, id := c.conf, c.localErr, c.id
 	start := c.servedVersion(cur)
 	parentKey := c.parentKey
 	c.mu.Unlock()
