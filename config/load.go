@@ -94,7 +94,7 @@ const (
 var credentialSuffixes = []string{
 	sfxKind, sfxClientCode, sfxUsername, sfxPassword, sfxPasswordFile, sfxParent,
 	sfxPIN, sfxPINFile, sfxToken, sfxTokenFile, sfxSessionLength, sfxAPIURL,
-	sfxAllowUIDs, sfxAllowGIDs, sfxSinkFile, sfxSinkMode, sfxRotate,
+	sfxAllowUIDs, sfxAllowGIDs, sfxSinkFile, sfxSinkMode, sfxRotate, sfxFleet,
 }
 
 // kindSuffixes are the suffixes that mean something only for some kinds;
@@ -533,9 +533,15 @@ func build(env map[string]string, envFile string) (*Config, error) {
 		}
 	}
 
+	c.Fleet = b.fleet()
 	names := b.names()
 	for _, name := range names {
-		c.Credentials = append(c.Credentials, b.credential(name, c.APIURL))
+		cr := b.credential(name, c.APIURL)
+		cr.FleetLocal = !b.boolean(varPrefix(name)+sfxFleet, true)
+		if _, set := b.get(varPrefix(name) + sfxFleet); set && !c.Fleet.Enabled() {
+			b.warn(varPrefix(name)+sfxFleet, "has no effect without %s", VarFleetRedisURL)
+		}
+		c.Credentials = append(c.Credentials, cr)
 	}
 	b.resolveParents(c.Credentials)
 	b.checkSinks(c.Credentials)
@@ -716,7 +722,7 @@ func (b *builder) checkSinks(creds []Credential) {
 // typos, or settings of a credential missing from SESSIOND_CREDENTIALS.
 func (b *builder) unknownVars(names []string) {
 	known := make(map[string]bool)
-	for _, v := range globalVars {
+	for _, v := range append(globalVars, fleetVars...) {
 		known[v] = true
 	}
 	for _, n := range names {

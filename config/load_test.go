@@ -761,6 +761,7 @@ func TestEqual(t *testing.T) {
 		"sink file":      func(c *Credential) { c.SinkFile = "/j" },
 		"sink mode":      func(c *Credential) { c.SinkMode = 0o600 },
 		"rotation":       func(c *Credential) { c.RotatePassword = RotateExpired },
+		"fleet local":    func(c *Credential) { c.FleetLocal = true },
 	}
 	for name, change := range changes {
 		c := clone()

@@ -57,6 +57,9 @@ func (c Credential) Summary() string {
 	if c.RotatePassword == RotateExpired {
 		fmt.Fprintf(&sb, " rotatePassword=%s", c.RotatePassword)
 	}
+	if c.FleetLocal {
+		sb.WriteString(" fleet=local")
+	}
 	return sb.String()
 }
 
@@ -96,7 +99,8 @@ func (c Credential) Equal(o Credential) bool {
 		slices.Equal(c.AllowGIDs, o.AllowGIDs) &&
 		c.SinkFile == o.SinkFile &&
 		c.SinkMode == o.SinkMode &&
-		c.RotatePassword == o.RotatePassword
+		c.RotatePassword == o.RotatePassword &&
+		c.FleetLocal == o.FleetLocal
 }
 
 // CheckConfig is `erply-sessiond check-config`: it loads the configuration
@@ -129,6 +133,9 @@ func CheckConfig(environ []string, w io.Writer) error {
 	default:
 		for _, cr := range c.Credentials {
 			sb.WriteString(cr.Summary() + "\n")
+		}
+		if c.Fleet.Enabled() {
+			sb.WriteString(c.Fleet.Summary() + "\n")
 		}
 	}
 	if _, werr := io.WriteString(w, sb.String()); werr != nil && err == nil {

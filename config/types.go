@@ -69,6 +69,9 @@ type Credential struct {
 	// (ROTATE_PASSWORD, password kind only): RotateNever (the default) or
 	// RotateExpired.
 	RotatePassword RotatePolicy
+	// FleetLocal keeps the credential out of fleet mode
+	// (SESSIOND_<NAME>_FLEET=false): it logs in on its own.
+	FleetLocal bool
 }
 
 // RotatePolicy says when a password credential's password is rotated
@@ -107,6 +110,8 @@ type Config struct {
 	StateDir    string
 	StateDirVar string
 	Credentials []Credential // in SESSIOND_CREDENTIALS order
+	// Fleet is fleet mode (SESSIOND_FLEET_*); off unless its Redis URL is set.
+	Fleet Fleet
 	// Warnings are non-fatal findings for the daemon to log: unknown
 	// SESSIOND_* variables (typos), settings the credential's kind ignores.
 	Warnings []string

@@ -213,6 +213,11 @@ type listItem struct {
 	// PasswordExpired is the last login reply's isPasswordExpired (false
 	// while there is no session).
 	PasswordExpired bool `json:"passwordExpired"`
+	// Fleet is "off", "shared" or "local" (fleet mode is on but this
+	// credential is not sharing now: FleetError says why); absent when
+	// the daemon was built without a fleet status.
+	Fleet      string `json:"fleet,omitempty"`
+	FleetError string `json:"fleetError,omitempty"`
 }
 
 // handleList lists the credentials the peer may read (all of them on TCP).
@@ -242,6 +247,9 @@ func (s *Server) handleList(w http.ResponseWriter, r *http.Request) error {
 		}
 		if snap.Session != nil {
 			it.PasswordExpired = snap.Session.PasswordExpired
+		}
+		if s.fleetStatus != nil {
+			it.Fleet, it.FleetError = s.fleetStatus(snap.Name)
 		}
 		out = append(out, it)
 	}

@@ -165,3 +165,24 @@ erply_sessiond_password_expired{credential="shop"} 0
 func itoa(n uint32) string { return strconv.FormatUint(uint64(n), 10) }
 
 func ftoa(f float64) string { return strconv.FormatFloat(f, 'g', -1, 64) }
+
+// With a fleet status, the listing says each credential's part in fleet
+// mode and why one is local.
+func TestFleetStatusListed(t *testing.T) {
+	shared := snapshot("pos", "K1", t0.Add(time.Hour), 1)
+	local := snapshot("shop", "K2", t0.Add(time.Hour), 1)
+	h := start(t, newFake(shared, local), setup{opts: func(o *localapi.Options) {
+		o.FleetStatus = func(name string) (string, string) {
+			if name == "shop" {
+				return "local", "cannot decrypt the shared record"
+			}
+			return "shared", ""
+		}
+	}})
+	list := h.get("/v1/sessions").body
+	for _, want := range []string{`"name":"pos",`, `"fleet":"shared"}`, `"fleet":"local","fleetError":"cannot decrypt the shared record"}`} {
+		if !strings.Contains(list, want) {
+			t.Errorf("list lacks %s:\n%s", want, list)
+		}
+	}
+}

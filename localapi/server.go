@@ -110,6 +110,9 @@ type Options struct {
 	// on the Unix socket to callers of uid 0 or the daemon's own uid (403
 	// for others, 404 on TCP); when nil that route does not exist.
 	Rotator Rotator
+	// FleetStatus, when set, gives each credential's part in fleet mode
+	// ("off", "shared", "local") and why it is local, for /v1/sessions.
+	FleetStatus func(name string) (mode, reason string)
 }
 
 // Rotator changes a password credential's password with Erply's
@@ -133,6 +136,7 @@ type Server struct {
 	peerCred    func(net.Conn) connInfo
 	proxy       http.Handler
 	rotator     Rotator
+	fleetStatus func(string) (string, string)
 	gatherer    prometheus.Gatherer
 	selfUID     uint32
 
@@ -166,6 +170,7 @@ func New(opts Options) *Server {
 		lastReload:  opts.LastReload,
 		proxy:       opts.Proxy,
 		rotator:     opts.Rotator,
+		fleetStatus: opts.FleetStatus,
 		selfUID:     uint32(os.Getuid()),
 	}
 	if s.clk == nil {

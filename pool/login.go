@@ -149,7 +149,7 @@ func (p *Pool) flight(ctx context.Context, e *entry, staleVersion uint64, why st
 			e.timer.Set(refresher.Refresh, now.Add(wait))
 			return nil, &UnavailableError{Name: e.name, Reason: errTooShort, RetryAfter: wait}
 		}
-		return p.doLogin(e, why)
+		return p.doLogin(e, why, cur)
 	})
 	wait := p.opts.WaitLimit
 	if dl, ok := ctx.Deadline(); ok && time.Until(dl) < wait {
@@ -170,15 +170,17 @@ func (p *Pool) flight(ctx context.Context, e *entry, staleVersion uint64, why st
 	}
 }
 
-// doLogin asks the credential's Method for a session and installs it, or
-// records the failure. It runs inside the entry's singleflight.
-func (p *Pool) doLogin(e *entry, why string) (*Snapshot, error) {
+// doLogin asks the credential's Method for a session to replace the one in
+// replacing and installs it, or records the failure. It runs inside the
+// entry's singleflight.
+func (p *Pool) doLogin(e *entry, why string, replacing *Snapshot) (*Snapshot, error) {
 	before := e.snap.Load()
 	if before.Valid(p.clk.Now(), p.margin(before)) {
 		p.publish(e, func(s *Snapshot) { s.State = StateRefreshing })
 	}
 	ctx, cancel := context.WithTimeout(e.ctx, p.opts.LoginTimeout)
 	defer cancel()
+	ctx = context.WithValue(ctx, replacingKey{}, replacing)
 	for {
 		e.mu.Lock()
 		cred, method, gen := e.cred, e.method, e.gen
@@ -203,7 +205,11 @@ func (p *Pool) doLogin(e *entry, why string) (*Snapshot, error) {
 			continue
 		}
 		if err == nil {
-			g.Obtained, g.ExpiresAt = start, time.Time{}
+			// A Method that knows when its session was measured (one
+			// adopted from a fleet) says so; a login is measured from here.
+			if g.Obtained.IsZero() {
+				g.Obtained, g.ExpiresAt = start, time.Time{}
+			}
 			var clamped int64
 			if clamped, err = p.complete(&g); err != nil {
 				err = &upstream.Error{Request: "login", Err: err}
@@ -214,6 +220,9 @@ func (p *Pool) doLogin(e *entry, why string) (*Snapshot, error) {
 		}
 		if err != nil {
 			return nil, p.failed(e, err, why)
+		}
+		if g.Origin != "" {
+			why = g.Origin
 		}
 		return p.install(e, g, why), nil
 	}
@@ -277,6 +286,12 @@ func (e *entry) Refresh() {
 	}
 	s := e.snap.Load()
 	now := p.clk.Now()
+	if s.Valid(now, p.margin(s)) && now.Before(s.RefreshAt) {
+		// A session installed (adopted, restored) while this timer was
+		// already firing moved the refresh point and re-armed the timer:
+		// this delivery is stale.
+		return
+	}
 	e.mu.Lock()
 	nb, cred := e.notBefore, e.cred
 	e.mu.Unlock()
@@ -366,4 +381,16 @@ func (p *Pool) dropIfDead(ctx context.Context, e *entry, staleKey string) {
 	case <-ch:
 	case <-ctx.Done():
 	}
+}
+
+type replacingKey struct{}
+
+// Replacing returns, inside Method.Login, the snapshot whose session the
+// login is to replace, as the pool found it when it decided to log in (its
+// Session is nil before the first login). A Method that can get a session
+// from elsewhere (a fleet) compares it with the current snapshot: a
+// different valid session installed since then makes the login needless.
+func Replacing(ctx context.Context) (*Snapshot, bool) {
+	s, ok := ctx.Value(replacingKey{}).(*Snapshot)
+	return s, ok && s != nil
 }

@@ -53,6 +53,9 @@ type Options struct {
 	WaitLimit time.Duration
 	// StartConcurrency bounds parallel logins at start; default 8.
 	StartConcurrency int
+	// Renewer, when set, is asked for JWT renewals (a fleet shares them);
+	// nil fetches them from Upstream.
+	Renewer Renewer
 }
 
 // Pool holds the credentials and their sessions. Its methods are safe for

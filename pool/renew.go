@@ -3,6 +3,7 @@ package pool
 import (
 	"context"
 	"errors"
+	"fmt"
 	"time"
 
 	"github.com/erply-sessiond/erply-sessiond/refresher"
@@ -53,25 +54,44 @@ func (e *entry) RenewJWT() {
 	if s.Session == nil || s.Removed {
 		return
 	}
+	if due := e.timer.Due(refresher.RenewJWT); !due.IsZero() && p.clk.Now().Before(due) {
+		return // a stale delivery: a session installed meanwhile re-armed the renewal
+	}
 	if p.jwtRenewAt(s).IsZero() {
 		return // no JWT of this session expires before it does
 	}
 	ctx, cancel := context.WithTimeout(e.ctx, p.opts.LoginTimeout)
 	defer cancel()
 	acct := upstream.Account{ClientCode: s.ClientCode, APIURL: s.APIURL}
-	sess := *s.Session
-	var err error
-	if sess.Token != "" {
-		var j *upstream.JWT
-		if j, err = p.opts.Upstream.GetJwtToken(ctx, acct, sess.SessionKey); err == nil {
+	fetch := func(ctx context.Context) (*upstream.Session, error) {
+		sess := *s.Session
+		if sess.Token != "" {
+			j, err := p.opts.Upstream.GetJwtToken(ctx, acct, sess.SessionKey)
+			if err != nil {
+				return nil, err
+			}
 			sess.Token = j.Token
 		}
-	}
-	if err == nil && sess.IdentityToken != "" {
-		var j *upstream.JWT
-		if j, err = p.opts.Upstream.GetIdentityToken(ctx, acct, sess.SessionKey); err == nil {
+		if sess.IdentityToken != "" {
+			j, err := p.opts.Upstream.GetIdentityToken(ctx, acct, sess.SessionKey)
+			if err != nil {
+				return nil, err
+			}
 			sess.IdentityToken = j.Token
 		}
+		return &sess, nil
+	}
+	var (
+		renewedSess *upstream.Session
+		err         error
+	)
+	if p.opts.Renewer != nil {
+		renewedSess, err = p.opts.Renewer.RenewJWT(ctx, s, fetch)
+	} else {
+		renewedSess, err = fetch(ctx)
+	}
+	if err == nil && (renewedSess == nil || renewedSess.SessionKey != s.Session.SessionKey) {
+		err = fmt.Errorf("%w: JWT renewal returned another session", upstream.ErrBadReply)
 	}
 	log := p.log.With().Str("credential", e.name).Logger()
 	if err != nil {
@@ -92,6 +112,7 @@ func (e *entry) RenewJWT() {
 		e.timer.Set(refresher.RenewJWT, p.clk.Now().Add(wait))
 		return
 	}
+	sess := *renewedSess
 	if stale := notNewer(s.Session, &sess); stale != "" {
 		// Renewing again would fetch the same JWT again, without end.
 		log.Warn().Str("jwt", stale).Msg("Erply returned a JWT no newer than the one held: keeping the new one, no further renewal for this session")

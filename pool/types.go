@@ -123,4 +123,18 @@ type Grant struct {
 	// could not ask). A reply claiming a longer one is not trusted past it,
 	// nor past Erply's documented maximum.
 	Asked int
+	// Origin, set by a Method that hands over a session it did not log in
+	// for (one adopted from a fleet), names where it came from: the pool
+	// then installs it as it would through Install, not as a login of its
+	// own. Empty for a login.
+	Origin string
+}
+
+// Renewer fetches fresh JWTs for a credential's current session cur: fetch
+// is the pool's own way (getJwtToken / getIdentityToken for cur's
+// session); a Renewer may call it, or hand back the same session with JWTs
+// obtained elsewhere (a fleet's), so that many daemons sharing a session
+// renew its JWTs once. It returns cur's session with the new JWTs.
+type Renewer interface {
+	RenewJWT(ctx context.Context, cur *Snapshot, fetch func(context.Context) (*upstream.Session, error)) (*upstream.Session, error)
 }

@@ -21,6 +21,7 @@ import (
 
 	"github.com/erply-sessiond/erply-sessiond/clock"
 	"github.com/erply-sessiond/erply-sessiond/config"
+	"github.com/erply-sessiond/erply-sessiond/fleet"
 	"github.com/erply-sessiond/erply-sessiond/internal/envwatch"
 	"github.com/erply-sessiond/erply-sessiond/localapi"
 	"github.com/erply-sessiond/erply-sessiond/login"
@@ -83,6 +84,7 @@ type Daemon struct {
 	api      *localapi.Server
 	sinks    *sink.Writer
 	state    *state.Store // nil without a state directory
+	fleet    *fleet.Fleet // nil without fleet mode
 	rot      *password.Rotator
 	policy   refresher.Policy
 	notifier *sdnotify.Notifier
@@ -146,8 +148,23 @@ func New(cfg *config.Config, o Options) (*Daemon, error) {
 	// file's lock, and a login refused while a rotation's PASSWORD_FILE.next
 	// is left over tries it once.
 	files := password.NewFiles(d.log)
+	methodFor := files.Methods(login.Methods(d.up))
+	var renewer pool.Renewer
+	if cfg.Fleet.Enabled() {
+		// Fleet mode wraps every credential's login: take the shared lock,
+		// adopt a fresher shared session or log in and publish (the fleet
+		// lock is taken before the password file's).
+		fleet.SetRedisLogger(d.log)
+		fl, err := fleet.New(fleet.Options{Config: cfg.Fleet, Clock: d.clk, Policy: policy,
+			Logger: d.log, Registerer: reg})
+		if err != nil {
+			return nil, err
+		}
+		d.fleet = fl
+		methodFor, renewer = fl.Methods(methodFor), fl
+	}
 	p, err := pool.New(pool.Options{
-		Upstream: d.up, MethodFor: files.Methods(login.Methods(d.up)), Credentials: cfg.Credentials, Clock: d.clk, Policy: policy,
+		Upstream: d.up, MethodFor: methodFor, Renewer: renewer, Credentials: cfg.Credentials, Clock: d.clk, Policy: policy,
 		Logger: d.log, Registerer: reg,
 	})
 	if err != nil {
@@ -173,6 +190,10 @@ func New(cfg *config.Config, o Options) (*Daemon, error) {
 		Registerer: reg, Gatherer: reg,
 		EndpointCooldown: cfg.EndpointCooldown, TCPSessions: cfg.HTTPSessions,
 		LastReload: d.lastReload.Load, Proxy: px, Rotator: d.rot,
+		FleetStatus: func(name string) (string, string) {
+			mode, why := d.fleet.Status(name) // a nil Fleet answers "off"
+			return string(mode), why
+		},
 	})
 	d.notifier = sdnotify.New(d.getenv, d.clk, d.log)
 	if cfg.StateDir != "" {
@@ -232,6 +253,9 @@ func (d *Daemon) Run(ctx context.Context) error {
 		return errors.New("daemon: Run called twice")
 	}
 	defer d.up.CloseIdleConnections()
+	if d.fleet != nil {
+		defer d.fleet.Close() // after the pool's Close: logins still running release their locks
+	}
 	defer d.pool.Close()
 	defer d.rot.Close() // before the pool: a change already sent to Erply finishes
 	defer func() {
@@ -250,6 +274,12 @@ func (d *Daemon) Run(ctx context.Context) error {
 		defer d.state.Close()
 		d.state.Restore(ctx, d.pool, d.up, cfg.Credentials, d.policy)
 		defer d.state.Follow(d.pool)()
+	}
+	if d.fleet != nil {
+		// After the restore, before the first logins: they already share.
+		if err := d.fleet.Open(d.pool); err != nil {
+			return err
+		}
 	}
 
 	unixL, err := d.listenUnix(cfg)
@@ -418,6 +448,14 @@ func (d *Daemon) Reload() error {
 	old := d.cfg
 	if cfg.Socket != old.Socket || cfg.SocketMode != old.SocketMode || cfg.HTTPAddr != old.HTTPAddr || cfg.HTTPSessions != old.HTTPSessions {
 		d.log.Warn().Msg("reload: socket, socket mode and HTTP listener settings take effect only after a restart")
+	}
+	if d.fleet != nil {
+		if err := d.fleet.Reload(); err != nil {
+			d.log.Error().Err(err).Msg("fleet keyring not reloaded; the old keys are kept")
+		}
+	}
+	if cfg.Fleet != old.Fleet {
+		d.log.Warn().Msg("reload: the SESSIOND_FLEET_* settings take effect only after a restart (the keyring file is re-read now)")
 	}
 	if cfg.StateDir != old.StateDir || cfg.EnvFileWatch != old.EnvFileWatch {
 		d.log.Warn().Msg("reload: SESSIOND_STATE_DIR and SESSIOND_ENV_FILE_WATCH take effect only after a restart")

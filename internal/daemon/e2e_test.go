@@ -93,8 +93,8 @@ func TestE2ESessionRoutes(t *testing.T) {
 			delete(it, "refreshAt")
 		}
 		want := []map[string]any{
-			{"name": "pos", "kind": "password", "clientCode": d.code, "state": "ok", "expiresAt": "2026-11-23T09:00:00Z", "logins": 1.0, "lastError": "", "passwordExpired": false},
-			{"name": "cashier", "kind": "pin", "clientCode": d.code, "state": "ok", "expiresAt": "2026-11-23T09:00:00Z", "logins": 1.0, "lastError": "", "passwordExpired": false},
+			{"name": "pos", "kind": "password", "clientCode": d.code, "state": "ok", "expiresAt": "2026-11-23T09:00:00Z", "logins": 1.0, "lastError": "", "passwordExpired": false, "fleet": "off"},
+			{"name": "cashier", "kind": "pin", "clientCode": d.code, "state": "ok", "expiresAt": "2026-11-23T09:00:00Z", "logins": 1.0, "lastError": "", "passwordExpired": false, "fleet": "off"},
 		}
 		if fmt.Sprint(list) != fmt.Sprint(want) {
 			t.Fatalf("list =\n%v\nwant\n%v", list, want)
