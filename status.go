@@ -71,7 +71,7 @@ func writeStatus(w io.Writer, creds []client.Credential, now time.Time) {
 	var pwCol, fleetCol bool
 	for _, c := range creds {
 		pwCol = pwCol || c.Kind == "password" || c.Kind == ""
-		fleetCol = fleetCol || c.Fleet != ""
+		fleetCol = fleetCol || (c.Fleet != "" && c.Fleet != "off")
 	}
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
 	head := []string{"CREDENTIAL", "KIND", "STATE", "EXPIRES IN", "NEXT REFRESH", "LOGINS"}
