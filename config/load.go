@@ -462,8 +462,16 @@ func readSmallRegularFile(path string, max int64) ([]byte, error) {
 	return b, nil
 }
 
-func validName(s string) bool {
-	if s == "" {
+// MaxNameLen is the longest credential name. Names appear in routes
+// (/v1/sessions/NAME), variable names and metric labels; one longer than
+// this would log in and count as ready while every route answered 404.
+const MaxNameLen = 64
+
+// ValidName reports whether s can be a credential name: 1 to MaxNameLen
+// lower-case letters, digits and _. It is the one rule for names: config
+// enforces it and the local API checks paths against it.
+func ValidName(s string) bool {
+	if s == "" || len(s) > MaxNameLen {
 		return false
 	}
 	for i := 0; i < len(s); i++ {
@@ -560,7 +568,9 @@ func (b *builder) names() []string {
 		switch {
 		case n == "":
 			b.fail(VarCredentials, "empty name in the list")
-		case !validName(n):
+		case len(n) > MaxNameLen:
+			b.fail(VarCredentials, "%s is %d characters long; a name has at most %d", show(n), len(n), MaxNameLen)
+		case !ValidName(n):
 			b.fail(VarCredentials, "%s is not a valid name (lower-case letters, digits and _)", show(n))
 		case slices.Contains(names, n):
 			b.fail(VarCredentials, "%s is listed twice", show(n))
@@ -730,7 +740,7 @@ func (b *builder) unknownVars(names []string) {
 		rest := strings.TrimPrefix(k, Prefix)
 		name := ""
 		for _, sfx := range credentialSuffixes {
-			if n, ok := strings.CutSuffix(rest, "_"+sfx); ok && n != "" && validName(strings.ToLower(n)) && strings.ToUpper(n) == n {
+			if n, ok := strings.CutSuffix(rest, "_"+sfx); ok && n != "" && ValidName(strings.ToLower(n)) && strings.ToUpper(n) == n {
 				name = strings.ToLower(n)
 				break
 			}
