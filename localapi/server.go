@@ -204,10 +204,12 @@ func New(opts Options) *Server {
 // first; a socket on which some process still accepts connections, or a path
 // that is not a socket at all, is refused with an error naming the path.
 //
-// The listener unlinks path when closed (Shutdown closes it), because it
-// created it. A listener inherited from systemd (net.FileListener) is never
-// unlinked by Go; callers that build one some other way must call
-// SetUnlinkOnClose(false) on it themselves.
+// Closing the listener (Shutdown closes it) removes path, but only while
+// path is still the socket this call made: its device and inode are noted
+// at creation and checked with Lstat first, so a daemon stopping never
+// removes the socket of another daemon started on the same path since.
+// Go's own unlink-on-close, which removes whatever path names, is off. A
+// listener inherited from systemd (net.FileListener) is never unlinked.
 //
 // Between the socket's creation and the chmod it carries the umask's mode;
 // keep it in a directory only the daemon's user and group can enter.
@@ -230,15 +232,43 @@ func ListenUnix(path string, mode os.FileMode) (net.Listener, error) {
 	case !errors.Is(err, fs.ErrNotExist):
 		return nil, fmt.Errorf("localapi: %w", err)
 	}
-	l, err := net.Listen("unix", path)
+	l, err := net.ListenUnix("unix", &net.UnixAddr{Name: path, Net: "unix"})
 	if err != nil {
 		return nil, fmt.Errorf("localapi: %w", err)
 	}
+	l.SetUnlinkOnClose(false)
 	if err := os.Chmod(path, mode.Perm()); err != nil {
 		l.Close()
+		os.Remove(path)
 		return nil, fmt.Errorf("localapi: setting socket mode: %w", err)
 	}
-	return l, nil
+	fi, err = os.Lstat(path)
+	if err != nil {
+		l.Close()
+		return nil, fmt.Errorf("localapi: %w", err)
+	}
+	return &ownSocket{UnixListener: l, path: path, made: fi}, nil
+}
+
+// ownSocket is a Unix listener that removes its socket file when closed,
+// if the file is still the one it made.
+type ownSocket struct {
+	*net.UnixListener
+	path string
+	made fs.FileInfo // the socket as created, for os.SameFile
+	once sync.Once
+}
+
+// Close stops listening and removes the socket file unless another has
+// taken its place (same device and inode, checked with Lstat).
+func (l *ownSocket) Close() error {
+	err := l.UnixListener.Close()
+	l.once.Do(func() {
+		if fi, lerr := os.Lstat(l.path); lerr == nil && os.SameFile(fi, l.made) {
+			os.Remove(l.path)
+		}
+	})
+	return err
 }
 
 // probeStale returns nil when nobody accepts connections on the socket at
