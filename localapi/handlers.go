@@ -200,7 +200,8 @@ type listItem struct {
 	LastError string `json:"lastError"`
 }
 
-// handleList lists the credentials the peer may read (all of them on TCP).
+// handleList lists the credentials the peer may read (on TCP, those
+// without ALLOW_UIDS or ALLOW_GIDS).
 func (s *Server) handleList(w http.ResponseWriter, r *http.Request) error {
 	ci := peerOf(r.Context())
 	now := s.clk.Now()

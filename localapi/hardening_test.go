@@ -3,6 +3,7 @@ package localapi_test
 import (
 	"context"
 	"errors"
+	"io"
 	"io/fs"
 	"net"
 	"net/http"
@@ -84,5 +85,63 @@ func TestListenUnixRemovesItsOwnSocket(t *testing.T) {
 	}
 	if _, err := os.Lstat(path); !errors.Is(err, fs.ErrNotExist) {
 		t.Fatalf("socket left after Close: %v", err)
+	}
+}
+
+// tcpWithHost sends a session request on the TCP listener with the
+// required header and the given Host.
+func (h *harness) tcpWithHost(path, host string) response {
+	h.t.Helper()
+	req, err := http.NewRequest(http.MethodGet, "http://"+h.tcp+path, nil)
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	req.Host = host
+	req.Header.Set(localapi.RequestHeader, "1")
+	c := &http.Client{Transport: &http.Transport{}}
+	defer c.CloseIdleConnections()
+	res, err := c.Do(req)
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	defer res.Body.Close()
+	b, _ := io.ReadAll(res.Body)
+	return response{status: res.StatusCode, header: res.Header, body: string(b)}
+}
+
+// Issue 16 item 9: with TCP sessions on, a page reached through DNS
+// rebinding (Host: its own domain, now resolving to 127.0.0.1) could set
+// the header and read keys; and a credential restricted to some uids was
+// served to anyone over TCP (uid 65534: 403 on the socket, 200 on TCP).
+func TestTCPSessionsOnlyForLoopbackHostsAndUnrestrictedCredentials(t *testing.T) {
+	open := snapshot("pos", "key-pos", t0.Add(time.Hour), 1)
+	restricted := snapshot("cashier", "key-cashier", t0.Add(time.Hour), 1)
+	restricted.AllowUIDs = []uint32{1000}
+	h := start(t, newFake(open, restricted), setup{tcp: true, opts: func(o *localapi.Options) {
+		o.TCPSessions = true
+		o.PeerCred = func(net.Conn) (uint32, uint32, uint32, bool) { return 65534, 65534, 1, true }
+	}})
+	_, port, _ := net.SplitHostPort(h.tcp)
+	for _, host := range []string{"127.0.0.1:" + port, "localhost:" + port, "LOCALHOST:" + port, "[::1]:" + port, "127.0.0.1", "localhost"} {
+		if r := h.tcpWithHost("/v1/sessions/pos/key", host); r.status != http.StatusOK || r.body != "key-pos\n" {
+			t.Errorf("Host %s: %d %q, want the key", host, r.status, r.body)
+		}
+	}
+	for _, host := range []string{"rebind.example:" + port, "rebind.example", "127.0.0.1.nip.io:" + port, "localhost.example:" + port, "10.0.0.1:" + port} {
+		r := h.tcpWithHost("/v1/sessions/pos/key", host)
+		if r.status != http.StatusForbidden || strings.Contains(r.body, "key-pos") || !strings.Contains(r.body, "loopback Host") {
+			t.Errorf("Host %s: %d %q, want 403 naming the loopback rule", host, r.status, r.body)
+		}
+	}
+
+	if r := h.get("/v1/sessions/cashier/key"); r.status != http.StatusForbidden {
+		t.Fatalf("uid 65534 on the socket: %d, want 403", r.status)
+	}
+	host := "127.0.0.1:" + port
+	if r := h.tcpWithHost("/v1/sessions/cashier/key", host); r.status != http.StatusForbidden || strings.Contains(r.body, "key-cashier") {
+		t.Fatalf("restricted credential on TCP: %d %q, want 403", r.status, r.body)
+	}
+	if r := h.tcpWithHost("/v1/sessions", host); r.status != http.StatusOK || strings.Contains(r.body, `"cashier"`) || !strings.Contains(r.body, `"pos"`) {
+		t.Fatalf("listing on TCP: %d %s, want pos only", r.status, r.body)
 	}
 }

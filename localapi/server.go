@@ -94,8 +94,10 @@ type Options struct {
 	// rand.IntN; nil means math/rand/v2.
 	Intn func(int) int
 	// TCPSessions serves the session routes on TCP listeners too; each such
-	// request must then carry RequestHeader: 1 (412 without it). When false
-	// they answer 404 on TCP.
+	// request must then name a loopback Host (403 forbidden_host otherwise,
+	// against DNS rebinding) and carry RequestHeader: 1 (412 without it).
+	// A credential with ALLOW_UIDS or ALLOW_GIDS is never served on TCP,
+	// which has no peer credentials (403). When false they answer 404 on TCP.
 	TCPSessions bool
 	// LastReload, when set, reports the last reload for /readyz.
 	LastReload func() *ReloadStatus

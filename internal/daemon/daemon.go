@@ -91,6 +91,8 @@ type Daemon struct {
 	ready      atomic.Bool
 	lastReload atomic.Pointer[localapi.ReloadStatus]
 
+	tcpSessions bool // SESSIOND_HTTP_SESSIONS as at start: the TCP listener's setting until a restart
+
 	mu       sync.Mutex // serialises reloads; guards the fields below
 	cfg      *config.Config
 	httpAddr string
@@ -109,7 +111,7 @@ func New(cfg *config.Config, o Options) (*Daemon, error) {
 	if o.Registry == nil {
 		o.Registry = prometheus.NewRegistry()
 	}
-	d := &Daemon{opts: o, clk: o.Clock, cfg: cfg, getenv: lookup(o.Environ)}
+	d := &Daemon{opts: o, clk: o.Clock, cfg: cfg, getenv: lookup(o.Environ), tcpSessions: cfg.HTTPSessions}
 	d.level = newLevelWriter(o.LogOutput, cfg.LogFormat)
 	d.level.setLevel(cfg.LogLevel)
 	// The writer is also the sampler: events below the current level are
@@ -248,6 +250,7 @@ func (d *Daemon) Run(ctx context.Context) error {
 	}
 	d.log.Info().Str("version", d.opts.Version).Str("socket", unixL.Addr().String()).Str("httpAddr", d.HTTPAddr()).
 		Int("credentials", len(cfg.Credentials)).Msg("serving")
+	d.logTCP(d.HTTPAddr(), cfg.Credentials)
 
 	g.Go(func() error {
 		if err := d.pool.Open(gctx); err != nil {
@@ -291,6 +294,30 @@ func (d *Daemon) Run(ctx context.Context) error {
 	}
 	d.log.Info().Msg("stopped")
 	return nil
+}
+
+// logTCP says what the TCP listener at addr serves: health, readiness
+// and metrics only, or also the sessions of the credentials without
+// ALLOW_UIDS or ALLOW_GIDS (TCP has no peer credentials: the restricted
+// ones are served on the socket only).
+func (d *Daemon) logTCP(addr string, creds []config.Credential) {
+	if addr == "" {
+		return
+	}
+	if !d.tcpSessions {
+		d.log.Info().Str("httpAddr", addr).Msg("the TCP listener serves health, readiness and metrics only")
+		return
+	}
+	tcp, socketOnly := []string{}, []string{}
+	for _, c := range creds {
+		if len(c.AllowUIDs) == 0 && len(c.AllowGIDs) == 0 {
+			tcp = append(tcp, c.Name)
+		} else {
+			socketOnly = append(socketOnly, c.Name)
+		}
+	}
+	d.log.Info().Str("httpAddr", addr).Strs("credentials", tcp).Strs("socketOnly", socketOnly).
+		Msg("the TCP listener serves these credentials' sessions (loopback Host and header " + localapi.RequestHeader + ": 1 required); those with ALLOW_UIDS or ALLOW_GIDS only on the socket")
 }
 
 // HTTPAddr is the address the TCP listener bound, "" without
@@ -420,5 +447,8 @@ func (d *Daemon) Reload() error {
 		names[i] = c.Name
 	}
 	d.log.Info().Strs("credentials", names).Msg("configuration reloaded")
+	// The listener keeps its start-up settings; the credentials it serves
+	// follow the new configuration.
+	d.logTCP(d.httpAddr, cfg.Credentials)
 	return nil
 }
