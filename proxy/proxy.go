@@ -146,6 +146,7 @@ type Proxy struct {
 	maxReply    int64
 	queueWait   time.Duration
 	metrics     *metrics
+	labels      requestLabels
 
 	mu     sync.Mutex
 	limits map[string]*limiter // by client code
@@ -210,7 +211,8 @@ func (p *Proxy) CloseIdleConnections() { p.up.CloseIdleConnections() }
 type exchange struct {
 	name       string
 	credential string // metric label: name once known
-	request    string // metric label: the Erply request name or "other"
+	request    string // the Erply request name if a plain name, else "other"
+	carriedOut bool   // Erply answered the call with errorCode 0
 	outcome    string
 	status     int
 	erplyCode  int
@@ -243,6 +245,7 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	p.serve(w, r, ex)
 
+	ex.request = p.labels.label(ex.request, ex.carriedOut)
 	p.metrics.requests.WithLabelValues(ex.credential, ex.request, ex.outcome).Inc()
 	p.metrics.duration.WithLabelValues(ex.credential, ex.outcome).Observe(p.clk.Now().Sub(start).Seconds())
 	if ev := p.log.Debug(); ev.Enabled() {
@@ -455,14 +458,12 @@ func (p *Proxy) relay(w http.ResponseWriter, ex *exchange, rep *reply) {
 	case rep.status.found && rep.status.errorCode != 0:
 		ex.outcome = outcomeErplyError
 		ex.erplyCode = int(rep.status.errorCode)
-		if ex.erplyCode == codeUnknownRequest {
-			ex.request = labelOther // Erply says no such call: keep the name out of the labels
-		}
 	case ex.retried:
 		ex.outcome = outcomeRetryOK
 	default:
 		ex.outcome = outcomeOK
 	}
+	ex.carriedOut = resp.StatusCode >= 200 && resp.StatusCode < 300 && rep.status.found && rep.status.errorCode == 0
 
 	h := w.Header()
 	for _, k := range relayedHeaders {
@@ -485,6 +486,3 @@ func (p *Proxy) relay(w http.ResponseWriter, ex *exchange, rep *reply) {
 
 // relayedHeaders are the reply headers passed to the caller.
 var relayedHeaders = []string{"Content-Type", "Content-Encoding", "Retry-After"}
-
-// codeUnknownRequest is Erply's "no such API call".
-const codeUnknownRequest = 1005
