@@ -54,3 +54,48 @@ func TestCredentialNameLongerThanRoutesAcceptIsRefused(t *testing.T) {
 		t.Fatal("ValidName disagrees with the rule: 1 to 64 of a-z, 0-9, _")
 	}
 }
+
+// Issue 16 item 12: SOCKET_MODE=0000 silently became 0660. A mode that
+// lets no one connect (connecting needs write permission) is refused,
+// never widened; a mode that does is honoured as given.
+func TestSocketModeWithoutWriteIsRefusedNotWidened(t *testing.T) {
+	for _, mode := range []string{"0000", "0", "0444", "0500"} {
+		env := minimalEnv()
+		env[VarSocketMode] = mode
+		probs := problemsOf(t, env)
+		if len(probs) != 1 || !strings.HasPrefix(probs[0], VarSocketMode+`: "`+mode+`" lets no one but root connect`) {
+			t.Errorf("SOCKET_MODE=%s: problems %q, want it refused naming the variable", mode, probs)
+		}
+	}
+	env := minimalEnv()
+	env[VarSocketMode] = "0200"
+	if c := mustLoad(t, environ(env)); c.SocketMode != 0o200 {
+		t.Errorf("SOCKET_MODE=0200: %04o, want it as given", c.SocketMode)
+	}
+}
+
+// Issue 16 item 12: an env file saved with a byte-order mark failed as
+// "invalid variable name" without naming the mark.
+func TestEnvFileWithByteOrderMarkNamesTheMark(t *testing.T) {
+	path := writeFile(t, t.TempDir(), "env", "\ufeffSESSIOND_CREDENTIALS=pos\nSESSIOND_POS_CLIENT_CODE=123456\n")
+	env := minimalEnv()
+	env[VarEnvFile] = path
+	probs := problemsOf(t, env)
+	want := VarEnvFile + ": " + path + ": line 1: the file starts with a UTF-8 byte-order mark (U+FEFF, bytes EF BB BF); save it as UTF-8 without one"
+	if len(probs) != 1 || probs[0] != want {
+		t.Fatalf("problems = %q, want [%q]", probs, want)
+	}
+}
+
+// The API URL in answers hides a password given in its user info.
+func TestRedactURL(t *testing.T) {
+	for in, want := range map[string]string{
+		"https://api:s3cret@{clientCode}.example/api/": "https://api:xxxxx@{clientCode}.example/api/",
+		"https://api:s3cret@104001.example/api/":       "https://api:xxxxx@104001.example/api/",
+		"https://104001.erply.com/api/":                "https://104001.erply.com/api/",
+	} {
+		if got := RedactURL(in); got != want {
+			t.Errorf("RedactURL(%q) = %q, want %q", in, got, want)
+		}
+	}
+}

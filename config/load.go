@@ -521,6 +521,11 @@ func build(env map[string]string, envFile string) (*Config, error) {
 		}
 	}
 	c.SocketMode = b.mode(VarSocketMode, DefaultSocketMode)
+	if v, set := b.get(VarSocketMode); set && c.SocketMode.Perm()&0o222 == 0 {
+		// Connecting to a Unix socket needs write permission: such a
+		// mode would let only root in. Refused rather than widened.
+		b.fail(VarSocketMode, "%s lets no one but root connect (connecting needs write permission); use 0660 for the group, or 0600 for the daemon's own user", show(v))
+	}
 	if v, ok := b.get(VarStateDir); ok && v != "" {
 		c.StateDir, c.StateDirVar = v, VarStateDir
 	} else if v := env[VarSystemdStateDir]; v != "" {

@@ -145,3 +145,15 @@ func TestTCPSessionsOnlyForLoopbackHostsAndUnrestrictedCredentials(t *testing.T)
 		t.Fatalf("listing on TCP: %d %s, want pos only", r.status, r.body)
 	}
 }
+
+// Issue 16 item 12: a password in SESSIOND_API_URL's user info came back
+// verbatim in the session's apiURL.
+func TestSessionAnswerRedactsAPIURLPassword(t *testing.T) {
+	s := snapshot("pos", "key-pos", t0.Add(time.Hour), 1)
+	s.APIURL = "https://api:s3cret-pw@104001.example/api/"
+	h := start(t, newFake(s), setup{})
+	r := h.get("/v1/sessions/pos")
+	if r.status != http.StatusOK || strings.Contains(r.body, "s3cret-pw") || !strings.Contains(r.body, `"apiURL":"https://api:xxxxx@104001.example/api/"`) {
+		t.Fatalf("session answer: %d %s", r.status, r.body)
+	}
+}

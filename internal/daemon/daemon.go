@@ -67,6 +67,12 @@ type Options struct {
 	// EnvWatchInterval is how often SESSIOND_ENV_FILE_WATCH looks at the env
 	// file (default envwatch.DefaultInterval).
 	EnvWatchInterval time.Duration
+	// ShutdownLoginGrace is how long, once Run's context ends, the logins
+	// still running may go on (one that completes is installed, and saved
+	// for the next start with a state directory) before they are cancelled
+	// so that requests waiting for them get 503 within ShutdownTimeout.
+	// Default ShutdownTimeout / 2.
+	ShutdownLoginGrace time.Duration
 }
 
 // Daemon is one running instance of erply-sessiond. Make it with New, serve
@@ -111,6 +117,9 @@ func New(cfg *config.Config, o Options) (*Daemon, error) {
 	if o.Registry == nil {
 		o.Registry = prometheus.NewRegistry()
 	}
+	if o.ShutdownLoginGrace <= 0 || o.ShutdownLoginGrace > ShutdownTimeout {
+		o.ShutdownLoginGrace = ShutdownTimeout / 2
+	}
 	d := &Daemon{opts: o, clk: o.Clock, cfg: cfg, getenv: lookup(o.Environ), tcpSessions: cfg.HTTPSessions}
 	d.level = newLevelWriter(o.LogOutput, cfg.LogFormat)
 	d.level.setLevel(cfg.LogLevel)
@@ -130,7 +139,7 @@ func New(cfg *config.Config, o Options) (*Daemon, error) {
 	}
 
 	upOpts := o.Upstream
-	upOpts.Logger = d.log.With().Str("component", "upstream").Logger()
+	upOpts.Logger = d.log // labelled component=upstream by upstream.New
 	upOpts.Registerer = reg
 	upOpts.UserAgent = "erply-sessiond/" + o.Version
 	if upOpts.Clock == nil {
@@ -284,9 +293,7 @@ func (d *Daemon) Run(ctx context.Context) error {
 		<-gctx.Done()
 		d.notifier.Stopping()
 		d.log.Info().Msg("shutting down")
-		sctx, cancel := context.WithTimeout(context.Background(), ShutdownTimeout)
-		defer cancel()
-		return d.api.Shutdown(sctx)
+		return d.shutdownAPI()
 	})
 	err = g.Wait()
 	if err != nil && ctx.Err() == nil {
@@ -294,6 +301,27 @@ func (d *Daemon) Run(ctx context.Context) error {
 	}
 	d.log.Info().Msg("stopped")
 	return nil
+}
+
+// shutdownAPI stops the local API: no new connections, requests in flight
+// finish within ShutdownTimeout. A request still waiting for a login once
+// Options.ShutdownLoginGrace has passed gets 503: the logins are cancelled
+// then, rather than its connection closed when the time is up.
+func (d *Daemon) shutdownAPI() error {
+	ctx, cancel := context.WithTimeout(context.Background(), ShutdownTimeout)
+	defer cancel()
+	stopped := make(chan error, 1)
+	go func() { stopped <- d.api.Shutdown(ctx) }()
+	grace := time.NewTimer(d.opts.ShutdownLoginGrace)
+	defer grace.Stop()
+	select {
+	case err := <-stopped:
+		return err
+	case <-grace.C:
+	}
+	d.log.Info().Msg("requests still wait for logins: cancelling the logins so that they are answered 503")
+	d.pool.Close()
+	return <-stopped
 }
 
 // logTCP says what the TCP listener at addr serves: health, readiness

@@ -68,6 +68,8 @@ type daemonOptions struct {
 	// daemon (not d.clk, which stays the bare fake), e.g. to move the wall
 	// clock without firing timers, as a suspended host sees it.
 	wrapClock func(*clock.Fake) clock.Clock
+	// tune, when set, adjusts the daemon's Options before New.
+	tune func(*daemon.Options)
 }
 
 var testStart = time.Date(2026, 11, 23, 8, 0, 0, 0, time.UTC)
@@ -130,8 +132,12 @@ func startDaemon(t *testing.T, o daemonOptions) *testDaemon {
 	}
 	up.Clock = clk
 	ready := make(chan struct{})
-	d.dm, err = daemon.New(cfg, daemon.Options{Environ: environ, LogOutput: d.logs, Clock: clk, Upstream: up,
-		Registry: d.reg, Version: "test", Ready: func() { close(ready) }})
+	dopts := daemon.Options{Environ: environ, LogOutput: d.logs, Clock: clk, Upstream: up,
+		Registry: d.reg, Version: "test", Ready: func() { close(ready) }}
+	if o.tune != nil {
+		o.tune(&dopts)
+	}
+	d.dm, err = daemon.New(cfg, dopts)
 	if err != nil {
 		t.Fatal(err)
 	}
