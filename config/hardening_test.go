@@ -99,3 +99,24 @@ func TestRedactURL(t *testing.T) {
 		}
 	}
 }
+
+// Issue 16 item 4: check-config warns about a SINK_FILE whose directory
+// does not exist (the daemon retries the write until it does).
+func TestCheckConfigWarnsAboutMissingSinkDirectory(t *testing.T) {
+	dir := t.TempDir()
+	env := minimalEnv()
+	env["SESSIOND_POS_SINK_FILE"] = dir + "/missing/pos.key"
+	var out strings.Builder
+	if err := CheckConfig(environ(env), &out); err != nil {
+		t.Fatalf("CheckConfig: %v\n%s", err, out.String())
+	}
+	want := "warning: SESSIOND_POS_SINK_FILE: directory " + dir + "/missing does not exist: the key cannot be written until it does (the daemon retries)\n"
+	if !strings.HasPrefix(out.String(), want) {
+		t.Fatalf("check-config printed\n%s\nwant it to start with\n%s", out.String(), want)
+	}
+	env["SESSIOND_POS_SINK_FILE"] = dir + "/pos.key"
+	out.Reset()
+	if err := CheckConfig(environ(env), &out); err != nil || strings.Contains(out.String(), "warning") {
+		t.Fatalf("an existing directory: %v\n%s", err, out.String())
+	}
+}

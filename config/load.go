@@ -3,8 +3,10 @@ package config
 
 import (
 	"bytes"
+	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"net"
 	"net/url"
 	"os"
@@ -706,7 +708,8 @@ func (b *builder) resolveParents(creds []Credential) {
 }
 
 // checkSinks rejects two credentials writing the same sink file: each would
-// overwrite the other's key.
+// overwrite the other's key. A sink whose directory is missing is a
+// warning: the daemon retries the write until the directory appears.
 func (b *builder) checkSinks(creds []Credential) {
 	seen := make(map[string]string)
 	for _, cr := range creds {
@@ -719,6 +722,13 @@ func (b *builder) checkSinks(creds []Credential) {
 			continue
 		}
 		seen[cr.SinkFile] = v
+		dir := filepath.Dir(cr.SinkFile)
+		switch fi, err := os.Stat(dir); {
+		case errors.Is(err, fs.ErrNotExist):
+			b.warn(v, "directory %s does not exist: the key cannot be written until it does (the daemon retries)", dir)
+		case err == nil && !fi.IsDir():
+			b.warn(v, "%s is not a directory: the key cannot be written there", dir)
+		}
 	}
 }
 

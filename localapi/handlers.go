@@ -198,6 +198,9 @@ type listItem struct {
 	// Logins counts successful logins since the daemon started.
 	Logins    uint64 `json:"logins"`
 	LastError string `json:"lastError"`
+	// SinkError is why the credential's SINK_FILE does not hold its current
+	// key (the write is retried); absent while it does.
+	SinkError string `json:"sinkError,omitempty"`
 }
 
 // handleList lists the credentials the peer may read (on TCP, those
@@ -217,6 +220,9 @@ func (s *Server) handleList(w http.ResponseWriter, r *http.Request) error {
 			State:      string(stateAt(snap, now)),
 			Logins:     snap.Logins,
 			LastError:  errorText(snap.LastError),
+		}
+		if s.sinkError != nil {
+			it.SinkError = errorText(s.sinkError(snap.Name))
 		}
 		if snap.Session != nil && !snap.ExpiresAt.IsZero() {
 			at := snap.ExpiresAt.UTC().Format(time.RFC3339)

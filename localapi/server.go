@@ -104,6 +104,10 @@ type Options struct {
 	// PeerCred, when set, replaces reading SO_PEERCRED from Unix connections
 	// (for tests). ok=false means the peer is unknown.
 	PeerCred func(net.Conn) (uid, gid, pid uint32, ok bool)
+	// SinkError, when set, says why a credential's SINK_FILE does not hold
+	// its current key (nil when it does, or it has none); GET /v1/sessions
+	// shows it as sinkError.
+	SinkError func(credential string) error
 	// Proxy, when set, is mounted at POST /v1/sessions/{name}/api behind the
 	// same checks as the other session routes (name, access, TCP header);
 	// when nil that route does not exist.
@@ -122,6 +126,7 @@ type Server struct {
 	lastReload  func() *ReloadStatus
 	peerCred    func(net.Conn) connInfo
 	proxy       http.Handler
+	sinkError   func(string) error
 	gatherer    prometheus.Gatherer
 	selfUID     uint32
 
@@ -154,6 +159,7 @@ func New(opts Options) *Server {
 		tcpSessions: opts.TCPSessions,
 		lastReload:  opts.LastReload,
 		proxy:       opts.Proxy,
+		sinkError:   opts.SinkError,
 		selfUID:     uint32(os.Getuid()),
 	}
 	if s.clk == nil {

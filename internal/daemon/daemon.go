@@ -160,7 +160,7 @@ func New(cfg *config.Config, o Options) (*Daemon, error) {
 	d.pool = p
 	d.policy = policy
 
-	d.sinks = sink.New(d.log)
+	d.sinks = sink.New(sink.Options{Logger: d.log, Clock: d.clk, Registerer: reg})
 	d.sinks.SetTargets(sinkTargets(cfg))
 	px := proxy.New(proxy.Options{
 		Sessions: p, Clock: d.clk, Logger: d.log, Registerer: reg,
@@ -170,7 +170,7 @@ func New(cfg *config.Config, o Options) (*Daemon, error) {
 		Sessions: p, Clock: d.clk, Logger: d.log.With().Str("component", "localapi").Logger(),
 		Registerer: reg, Gatherer: reg,
 		EndpointCooldown: cfg.EndpointCooldown, TCPSessions: cfg.HTTPSessions,
-		LastReload: d.lastReload.Load, Proxy: px,
+		LastReload: d.lastReload.Load, Proxy: px, SinkError: d.sinks.Failing,
 	})
 	d.notifier = sdnotify.New(d.getenv, d.clk, d.log)
 	if cfg.StateDir != "" {
@@ -216,6 +216,7 @@ func (d *Daemon) Run(ctx context.Context) error {
 		return errors.New("daemon: Run called twice")
 	}
 	defer d.up.CloseIdleConnections()
+	defer d.sinks.Close() // after the pool and the subscriptions: no Apply comes later
 	defer d.pool.Close()
 	defer func() {
 		for _, cancel := range d.cancels {

@@ -2,9 +2,12 @@ package daemon_test
 
 import (
 	"context"
+	"encoding/json"
 	"io"
 	"net/http"
 	"net/url"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -130,4 +133,64 @@ func TestShutdownAnswersCallersWaitingForAHungLogin(t *testing.T) {
 	if err := d.stop(); err != nil {
 		t.Fatal(err)
 	}
+}
+
+// Issue 16 item 4: a sink file whose write fails is retried until it
+// succeeds, and meanwhile /v1/sessions and a metric say so.
+func TestSinkWriteFailureShownAndRetried(t *testing.T) {
+	var dir, path string
+	d := startDaemon(t, daemonOptions{setup: func(d *testDaemon) {
+		dir = filepath.Join(d.dir, "keys") // missing until later
+		path = filepath.Join(dir, "pos.key")
+		d.env["SESSIOND_POS_SINK_FILE"] = path
+	}})
+	if !strings.Contains(d.logs.String(), "SESSIOND_POS_SINK_FILE: directory "+dir+" does not exist") {
+		t.Fatalf("no warning about the missing directory at start:\n%s", d.logs)
+	}
+	sinkError := func() string {
+		code, body := d.get("/v1/sessions")
+		var list []struct {
+			Name      string `json:"name"`
+			SinkError string `json:"sinkError"`
+		}
+		if code != http.StatusOK || json.Unmarshal([]byte(body), &list) != nil {
+			t.Fatalf("list: %d %s", code, body)
+		}
+		for _, it := range list {
+			if it.Name == "pos" {
+				return it.SinkError
+			}
+		}
+		t.Fatalf("pos not listed: %s", body)
+		return ""
+	}
+	if e := sinkError(); !strings.Contains(e, path) {
+		t.Fatalf("sinkError = %q, want the write's error naming %s", e, path)
+	}
+	if !strings.Contains(scrape(t, d), `erply_sessiond_sink_write_failing{credential="pos"} 1`) {
+		t.Fatal("sink_write_failing{pos} is not 1 while the write fails")
+	}
+	if err := os.Mkdir(dir, 0o750); err != nil {
+		t.Fatal(err)
+	}
+	d.clk.Advance(time.Minute) // the retries' waits: 1 s, 2 s, … within the minute
+	if b, err := os.ReadFile(path); err != nil || string(b) != d.key("pos")+"\n" {
+		t.Fatalf("sink file %q (%v) after the directory appeared, want the current key", b, err)
+	}
+	if e := sinkError(); e != "" {
+		t.Fatalf("sinkError = %q after the write succeeded", e)
+	}
+	if !strings.Contains(scrape(t, d), `erply_sessiond_sink_write_failing{credential="pos"} 0`) {
+		t.Fatal("sink_write_failing{pos} is not 0 after the write")
+	}
+}
+
+// scrape returns the daemon's /metrics.
+func scrape(t *testing.T, d *testDaemon) string {
+	t.Helper()
+	code, body := d.get("/metrics")
+	if code != http.StatusOK {
+		t.Fatalf("metrics: %d", code)
+	}
+	return body
 }
