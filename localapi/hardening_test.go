@@ -1,6 +1,7 @@
 package localapi_test
 
 import (
+	"bufio"
 	"context"
 	"errors"
 	"io"
@@ -10,8 +11,12 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
 
 	"github.com/erply-sessiond/erply-sessiond/clock"
 	"github.com/erply-sessiond/erply-sessiond/config"
@@ -156,4 +161,93 @@ func TestSessionAnswerRedactsAPIURLPassword(t *testing.T) {
 	if r.status != http.StatusOK || strings.Contains(r.body, "s3cret-pw") || !strings.Contains(r.body, `"apiURL":"https://api:xxxxx@104001.example/api/"`) {
 		t.Fatalf("session answer: %d %s", r.status, r.body)
 	}
+}
+
+// rawGet sends a GET on an open connection and reads the answer's status
+// line and headers (and the body, by Content-Length).
+func rawGet(t *testing.T, c net.Conn, path string) (int, string) {
+	t.Helper()
+	if _, err := io.WriteString(c, "GET "+path+" HTTP/1.1\r\nHost: sessiond\r\n\r\n"); err != nil {
+		t.Fatal(err)
+	}
+	_ = c.SetReadDeadline(time.Now().Add(10 * time.Second))
+	res, err := http.ReadResponse(bufio.NewReader(c), nil)
+	if err != nil {
+		t.Fatalf("GET %s: %v", path, err)
+	}
+	defer res.Body.Close()
+	b, _ := io.ReadAll(res.Body)
+	return res.StatusCode, string(b)
+}
+
+// Issue 16 item 11: past the file descriptor limit every caller timed out;
+// one user holding many idle connections must not stop another user's
+// requests. Each peer uid gets MaxConnsPerUID connections; the next is
+// answered 503 at once and closed, and other users are served as before.
+func TestOneUsersConnectionsDoNotStopAnothers(t *testing.T) {
+	var uid atomic.Uint32 // the uid the next accepted connection reads as
+	h := start(t, newFake(snapshot("pos", "key-pos", t0.Add(time.Hour), 1)), setup{opts: func(o *localapi.Options) {
+		o.MaxConnsPerUID = 4
+		o.PeerCred = func(net.Conn) (uint32, uint32, uint32, bool) { return uid.Load(), 100, 1, true }
+	}})
+	dial := func() net.Conn {
+		c, err := net.Dial("unix", h.sock)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { c.Close() })
+		return c
+	}
+	uid.Store(1000)
+	for i := range 4 { // held open and idle after one request each
+		if code, _ := rawGet(t, dial(), "/healthz"); code != http.StatusOK {
+			t.Fatalf("uid 1000's connection %d: %d", i+1, code)
+		}
+	}
+	code, body := rawGet(t, dial(), "/v1/sessions/pos/key")
+	if code != http.StatusServiceUnavailable || !strings.Contains(body, "too_many_connections") || strings.Contains(body, "key-pos") {
+		t.Fatalf("uid 1000's fifth connection: %d %q, want 503 too_many_connections", code, body)
+	}
+	uid.Store(2000)
+	if code, body := rawGet(t, dial(), "/v1/sessions/pos/key"); code != http.StatusOK || body != "key-pos\n" {
+		t.Fatalf("uid 2000 while uid 1000 holds its connections: %d %q", code, body)
+	}
+	if n := testutil.ToFloat64(mustCounter(t, h.reg, "erply_sessiond_local_connections_refused_total")); n != 1 {
+		t.Fatalf("connections_refused_total = %v, want 1", n)
+	}
+}
+
+// An idle keep-alive connection is closed after IdleTimeout.
+func TestIdleConnectionsAreClosed(t *testing.T) {
+	h := start(t, newFake(), setup{opts: func(o *localapi.Options) { o.IdleTimeout = 50 * time.Millisecond }})
+	c, err := net.Dial("unix", h.sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if code, _ := rawGet(t, c, "/healthz"); code != http.StatusOK {
+		t.Fatal(code)
+	}
+	_ = c.SetReadDeadline(time.Now().Add(10 * time.Second))
+	if _, err := c.Read(make([]byte, 1)); !errors.Is(err, io.EOF) {
+		t.Fatalf("read on an idle connection: %v, want EOF (closed by the daemon)", err)
+	}
+}
+
+// mustCounter returns a registry's one series of name as a collector
+// testutil can read.
+func mustCounter(t *testing.T, reg *prometheus.Registry, name string) prometheus.Collector {
+	t.Helper()
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, mf := range mfs {
+		if mf.GetName() == name && len(mf.GetMetric()) == 1 {
+			v := mf.GetMetric()[0].GetCounter().GetValue()
+			return prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "x"}, func() float64 { return v })
+		}
+	}
+	t.Fatalf("no single series of %s", name)
+	return nil
 }

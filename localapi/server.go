@@ -63,6 +63,16 @@ const (
 	MaxHeaderBytes = 16 << 10
 	// LoginWait bounds how long a request waits for a login in flight.
 	LoginWait = 30 * time.Second
+	// DefaultMaxConnsPerUID is how many connections one peer uid may hold
+	// open on the Unix socket (all TCP connections share one such quota)
+	// when Options.MaxConnsPerUID is zero: many more than a busy PHP-FPM
+	// pool keeps alive, few enough that no one user can take the daemon's
+	// file descriptors (the unit's LimitNOFILE) or memory.
+	DefaultMaxConnsPerUID = 256
+	// DefaultIdleTimeout closes a keep-alive connection idle this long when
+	// Options.IdleTimeout is zero; a connection that never sends a request
+	// is closed after 5 s (the header timeout).
+	DefaultIdleTimeout = 30 * time.Second
 	// DefaultEndpointCooldown is how long an endpoint reported down stays last
 	// when Options.EndpointCooldown is zero.
 	DefaultEndpointCooldown = 30 * time.Second
@@ -104,6 +114,15 @@ type Options struct {
 	// PeerCred, when set, replaces reading SO_PEERCRED from Unix connections
 	// (for tests). ok=false means the peer is unknown.
 	PeerCred func(net.Conn) (uid, gid, pid uint32, ok bool)
+	// MaxConnsPerUID caps the connections one peer uid holds open on the
+	// Unix socket, from its peer credentials; all TCP connections share one
+	// such quota. A connection over it is answered 503 too_many_connections
+	// and closed, so one user's idle or slow connections never stop another
+	// user's requests. Default DefaultMaxConnsPerUID.
+	MaxConnsPerUID int
+	// IdleTimeout closes keep-alive connections idle this long (default
+	// DefaultIdleTimeout).
+	IdleTimeout time.Duration
 	// SinkError, when set, says why a credential's SINK_FILE does not hold
 	// its current key (nil when it does, or it has none); GET /v1/sessions
 	// shows it as sinkError.
@@ -129,6 +148,8 @@ type Server struct {
 	sinkError   func(string) error
 	gatherer    prometheus.Gatherer
 	selfUID     uint32
+	idleTimeout time.Duration
+	conns       connLimits
 
 	cache     cache
 	downs     *srv.Downs
@@ -161,6 +182,14 @@ func New(opts Options) *Server {
 		proxy:       opts.Proxy,
 		sinkError:   opts.SinkError,
 		selfUID:     uint32(os.Getuid()),
+		idleTimeout: opts.IdleTimeout,
+		conns:       connLimits{max: opts.MaxConnsPerUID, open: map[string]int{}, capped: map[string]bool{}},
+	}
+	if s.idleTimeout <= 0 {
+		s.idleTimeout = DefaultIdleTimeout
+	}
+	if s.conns.max <= 0 {
+		s.conns.max = DefaultMaxConnsPerUID
 	}
 	if s.clk == nil {
 		s.clk = clock.Real{}
@@ -195,7 +224,7 @@ func New(opts Options) *Server {
 	s.gatherer = gat
 	s.metrics = newMetrics(s.sessions, s.clk.Now)
 	if reg != nil {
-		reg.MustRegister(s.metrics.requests, s.metrics.expiry)
+		reg.MustRegister(s.metrics.requests, s.metrics.connsRefused, s.metrics.expiry)
 	}
 
 	s.cache.init(s.render)
@@ -305,13 +334,13 @@ func (s *Server) Serve(l net.Listener, tcp bool) error {
 		// Invalidate may wait up to LoginWait for a login; the proxy may then
 		// wait for Erply's answer too (its own request timeout is 90 s).
 		WriteTimeout:   150 * time.Second,
-		IdleTimeout:    120 * time.Second,
+		IdleTimeout:    s.idleTimeout,
 		MaxHeaderBytes: MaxHeaderBytes,
 		ErrorLog:       log.New(httpLogWriter{s.log}, "", 0),
 		ConnContext: func(ctx context.Context, c net.Conn) context.Context {
-			ci := connInfo{tcp: true}
-			if !tcp {
-				ci = s.peerCred(c)
+			ci := connInfo{tcp: true} // unknown: the most restricted case
+			if lc, ok := c.(*limitedConn); ok {
+				ci = lc.ci // read once, at accept
 			}
 			return context.WithValue(ctx, connKey{}, &ci)
 		},
@@ -324,7 +353,7 @@ func (s *Server) Serve(l net.Listener, tcp bool) error {
 	}
 	s.servers = append(s.servers, hs)
 	s.mu.Unlock()
-	if err := hs.Serve(l); !errors.Is(err, http.ErrServerClosed) {
+	if err := hs.Serve(&limitedListener{Listener: l, s: s, tcp: tcp}); !errors.Is(err, http.ErrServerClosed) {
 		return fmt.Errorf("localapi: serve: %w", err)
 	}
 	return nil
