@@ -141,7 +141,12 @@ type entry struct {
 	jwtFailures  int    // consecutive failed JWT renewals
 	lastLogin    time.Time
 	lastLifetime time.Duration
-	parentKey    string // the parent session key the current session was made on
+	parentKey    string    // the parent session key the current session was made on
+	installedAt  time.Time // when the current session was installed
+	forced       forcedBucket
+	checkedKey   string    // the key Erply was last asked about for a forced login…
+	checkedAt    time.Time // …when…
+	checkedErr   error     // …and its answer (nil: alive)
 
 	pending      atomic.Int32 // forced background logins asked for and not yet done
 	warnedLength atomic.Bool  // an overlong sessionLength was logged once

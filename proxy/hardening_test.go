@@ -1,9 +1,12 @@
 package proxy_test
 
 import (
+	"net/url"
 	"strconv"
 	"testing"
+	"time"
 
+	"github.com/erply-sessiond/erply-sessiond/pool"
 	"github.com/erply-sessiond/erply-sessiond/proxy"
 )
 
@@ -50,5 +53,29 @@ func TestProxyCallersCannotGrowTheLabelSet(t *testing.T) {
 	e.post("pos", "request=call0&clientCode=x")
 	if n := e.requests("pos", "call0", "rejected"); n != 1 {
 		t.Fatalf("requests_total{pos,call0,rejected} = %v, want 1", n)
+	}
+}
+
+// Issue 16 item 8: Erply answering 1054 to every call on fresh keys made a
+// login per proxied call (101 logins for 100 calls). The key is confirmed
+// alive with getSessionKeyInfo past the bound on forced logins, so the
+// re-send uses it again and the caller gets Erply's second 1054 as sent.
+func TestProxyPersistent1054DoesNotLogInPerCall(t *testing.T) {
+	e := newEnv(t, envConfig{})
+	e.key("pos")
+	body := `{"status":{"request":"getProducts","responseStatus":"error","errorCode":1054},"records":null}`
+	e.fake.SetHandler("getProducts", func(url.Values) (int, []byte) { return 200, []byte(body) })
+	logins := e.fake.Calls("verifyUser")
+	for i := range 100 {
+		a := e.post("pos", getProducts)
+		if a.status != 200 || string(a.body) != body {
+			t.Fatalf("call %d: %s, want Erply's 1054 as sent", i, a)
+		}
+		e.clk.Advance(100 * time.Millisecond)
+	}
+	n := e.fake.Calls("verifyUser") - logins
+	t.Logf("100 proxied calls answered 1054 in 10 s: %d logins, %d getSessionKeyInfo", n, e.fake.Calls("getSessionKeyInfo"))
+	if n > pool.ForcedBurst {
+		t.Fatalf("%d logins for 100 calls Erply answered 1054 in 10 s, want at most %d", n, pool.ForcedBurst)
 	}
 }
