@@ -1,8 +1,14 @@
 package proxy_test
 
 import (
+	"bytes"
+	"crypto/sha256"
+	"io"
+	"net/http"
 	"net/url"
+	"runtime"
 	"strconv"
+	"strings"
 	"testing"
 	"time"
 
@@ -77,5 +83,57 @@ func TestProxyPersistent1054DoesNotLogInPerCall(t *testing.T) {
 	t.Logf("100 proxied calls answered 1054 in 10 s: %d logins, %d getSessionKeyInfo", n, e.fake.Calls("getSessionKeyInfo"))
 	if n > pool.ForcedBurst {
 		t.Fatalf("%d logins for 100 calls Erply answered 1054 in 10 s, want at most %d", n, pool.ForcedBurst)
+	}
+}
+
+// Issue 16 item 10: ten concurrent 100 MiB replies with "status" last
+// drove the RSS to about 1.26 GB: each was held up to 32 MiB (and the
+// decoder's copy) while the proxy looked for its status. It holds at most
+// DefaultMaxReply and streams the rest unchanged, without a re-send.
+func TestProxyStreamsLargeRepliesWithStatusLast(t *testing.T) {
+	const size = 8 << 20
+	var b strings.Builder
+	b.WriteString(`{"records":[`)
+	for b.Len() < size {
+		b.WriteString(`{"productID":1,"name":"a record that is not small"},`)
+	}
+	b.WriteString(`{"productID":2}],"status":{"request":"getProducts","responseStatus":"error","errorCode":1054}}`)
+	body := []byte(b.String())
+	e := newEnv(t, envConfig{})
+	e.key("pos")
+	e.fake.SetHandler("getProducts", func(url.Values) (int, []byte) { return 200, body })
+	logins := e.fake.Calls("verifyUser")
+
+	req, err := http.NewRequest(http.MethodPost, e.url("pos"), strings.NewReader(getProducts))
+	if err != nil {
+		t.Fatal(err)
+	}
+	req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
+	var before, after runtime.MemStats
+	runtime.GC()
+	runtime.ReadMemStats(&before)
+	resp, err := e.hc.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The caller reads the reply as a stream, so that what is allocated
+	// is the proxy's (and the fake's and the client's few buffers).
+	h := sha256.New()
+	n, err := io.Copy(h, resp.Body)
+	resp.Body.Close()
+	runtime.ReadMemStats(&after)
+	if want := sha256.Sum256(body); err != nil || resp.StatusCode != 200 || n != int64(len(body)) || !bytes.Equal(h.Sum(nil), want[:]) {
+		t.Fatalf("caller got %d and %d bytes (%v), want Erply's %d bytes unchanged", resp.StatusCode, n, err, len(body))
+	}
+	alloc := after.TotalAlloc - before.TotalAlloc
+	t.Logf("an %d MiB reply with status last: %.2f MiB allocated", size>>20, float64(alloc)/(1<<20))
+	// The status (1054) lies past the bound: streamed as sent, no re-send.
+	if n, m := e.fake.Calls("getProducts"), e.fake.Calls("verifyUser")-logins; n != 1 || m != 0 {
+		t.Fatalf("%d calls and %d logins, want the one call and no login", n, m)
+	}
+	// Before: 227 MiB (the whole reply held, decoded token by token, and
+	// sent again after the 1054 found in it); after: under 1 MiB.
+	if alloc > 8*proxy.DefaultMaxReply {
+		t.Fatalf("%d bytes allocated for one %d-byte reply, want at most 8× the %d bytes the proxy may hold", alloc, len(body), proxy.DefaultMaxReply)
 	}
 }

@@ -26,8 +26,12 @@ import (
 const (
 	DefaultConcurrency = 10
 	DefaultMaxBody     = 1 << 20
-	DefaultMaxReply    = 32 << 20
-	DefaultQueueWait   = 30 * time.Second
+	// DefaultMaxReply bounds what of a reply is held while looking for its
+	// status: Erply sends status first (a few hundred bytes), and a
+	// bounded hold keeps the proxy's memory per call small whatever the
+	// reply (ten 100 MiB replies with status last held 32 MiB each).
+	DefaultMaxReply  = 256 << 10
+	DefaultQueueWait = 30 * time.Second
 	// DefaultRequestTimeout bounds one upstream request, its reply included.
 	DefaultRequestTimeout = 90 * time.Second
 
@@ -96,7 +100,8 @@ type Options struct {
 	// for its "status" member (default DefaultMaxReply). Erply sends status
 	// first, so normally only a few hundred bytes are held and the rest is
 	// streamed; a reply whose status is not within MaxReply bytes is passed
-	// through without inspection.
+	// through unchanged without inspection: no re-send after a 1054 there,
+	// no pause after a 1002 there.
 	MaxReply int64
 	// QueueWait is how long a caller waits for a free slot (default
 	// DefaultQueueWait, and never past the caller's own deadline) before 503
