@@ -620,6 +620,20 @@ func newHostileFront(t *testing.T, fake *erplytest.Server) *hostileFront {
 	return h
 }
 
+// rewriteReply passes the fake's replies to request through f.
+func (h *hostileFront) rewriteReply(request string, f func([]byte) []byte) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	h.rewrite[request] = f
+}
+
+// streamReply answers request with what f writes instead of the fake.
+func (h *hostileFront) streamReply(request string, f func(io.Writer) error) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	h.stream[request] = f
+}
+
 // apiURL is the API URL template of the front.
 func (h *hostileFront) apiURL() string { return h.srv.URL + "/{clientCode}/api/" }
 
@@ -698,9 +712,9 @@ func TestFaultHostileLengths(t *testing.T) {
 		t.Run(length, func(t *testing.T) {
 			resetPeakRSS()
 			d, _ := startHostile(t, "3600", func(d *testDaemon, h *hostileFront) {
-				h.rewrite["verifyUser"] = func(b []byte) []byte {
+				h.rewriteReply("verifyUser", func(b []byte) []byte {
 					return bytes.Replace(b, []byte(`"sessionLength":3600`), []byte(`"sessionLength":`+length), 1)
-				}
+				})
 			})
 			start := d.fake.Calls("verifyUser")
 			for range 2 * 60 * 2 { // 2 h, a read every 30 s
@@ -750,7 +764,7 @@ func TestFaultHostileShortSessionsWithJWTs(t *testing.T) {
 func TestFaultHostileHugeRecords(t *testing.T) {
 	resetPeakRSS()
 	d, _ := startHostile(t, "3600", func(d *testDaemon, h *hostileFront) {
-		h.rewrite["verifyUser"] = func(b []byte) []byte {
+		h.rewriteReply("verifyUser", func(b []byte) []byte {
 			i := bytes.LastIndex(b, []byte("}]}")) // the end of the first (only) record
 			if i < 0 {
 				return b
@@ -766,7 +780,7 @@ func TestFaultHostileHugeRecords(t *testing.T) {
 			junk.WriteString(`]}`)
 			junk.WriteString(strings.Repeat(",1", 1_000_000))
 			return slices.Concat(b[:i], junk.Bytes(), []byte("]}"))
-		}
+		})
 	})
 	if k := d.key("pos"); !d.fake.SessionValid(k) {
 		t.Fatal("no live key after a 3 MB login reply")
@@ -832,8 +846,8 @@ func TestFaultHostileRSS(t *testing.T) {
 	fake := erplytest.New(clock.Real{})
 	t.Cleanup(fake.Close)
 	front := newHostileFront(t, fake)
-	front.rewrite["verifyUser"] = hugeRecords
-	front.stream["getHugeReport"] = hugeReply(size)
+	front.rewriteReply("verifyUser", hugeRecords)
+	front.streamReply("getHugeReport", hugeReply(size))
 	env := []string{"GOMEMLIMIT=64MiB", "SESSIOND_API_URL=" + front.apiURL()}
 	for _, kv := range sessiondtest.DemoEnv(fake) {
 		if !strings.HasPrefix(kv, "SESSIOND_API_URL=") && !strings.HasPrefix(kv, "SESSIOND_LOG_LEVEL=") {
