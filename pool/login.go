@@ -120,6 +120,18 @@ func (p *Pool) blocked(e *entry, now time.Time) (time.Duration, bool) {
 // else logged in meanwhile) and is valid, no new login is made. Unless
 // force is set, no login is made while the failure backoff lasts.
 func (p *Pool) login(ctx context.Context, e *entry, staleVersion uint64, why string, force bool) (*Snapshot, error) {
+	snap, err := p.loginFlight(ctx, e, staleVersion, why, force)
+	if err == nil && !snap.Valid(p.clk.Now(), p.margin(snap)) {
+		// The flight judged the session at an earlier instant than this
+		// caller's (it began before the clock moved on): a session valid
+		// then may not be now. Ask once more, past that version.
+		return p.loginFlight(ctx, e, snap.Version, why, force)
+	}
+	return snap, err
+}
+
+// loginFlight is one try of login: it joins or starts the entry's flight.
+func (p *Pool) loginFlight(ctx context.Context, e *entry, staleVersion uint64, why string, force bool) (*Snapshot, error) {
 	ch := e.sf.DoChan("login", func() (any, error) {
 		if !p.work.start() {
 			return nil, &UnavailableError{Name: e.name, Reason: errShuttingDown}
@@ -400,10 +412,10 @@ func (p *Pool) loginInBackground(e *entry, why string) {
 	// goroutine runs, the flight sees the change and does not log in again.
 	version := e.snap.Load().Version
 	e.pending.Add(1)
-	p.bg.Add(1)
+	p.bg.add(1)
 	go func() {
 		defer p.work.done()
-		defer p.bg.Done()
+		defer p.bg.add(-1)
 		defer e.pending.Add(-1)
 		_, _ = p.login(e.ctx, e, version, why, true)
 	}()

@@ -427,8 +427,12 @@ func (m *model) validKeys() map[string]string {
 }
 
 // changeSecret writes a wrong or the right password to a credential's file
-// and tells the pool, as SIGHUP does.
+// and tells the pool, as SIGHUP does. It holds the clock shared, so that
+// an exclusive reload (which checks that unchanged credentials keep their
+// keys) does not see the login a changed secret starts.
 func (m *model) changeSecret(r *rand.Rand) {
+	m.clockMu.RLock()
+	defer m.clockMu.RUnlock()
 	m.reloadMu.Lock()
 	var files []config.Credential
 	for _, c := range m.creds {
@@ -521,8 +525,12 @@ func (m *model) installFromElsewhere(r *rand.Rand) {
 	}
 }
 
-// checkListing: names and snapshots agree, in order, none missing.
+// checkListing: names and snapshots agree, in order, none missing. It
+// runs between reloads: a name a reload is removing right now is missing
+// before the model has recorded it as removed.
 func (m *model) checkListing() {
+	m.reloadMu.Lock()
+	defer m.reloadMu.Unlock()
 	names := m.pool.Names()
 	snaps := m.pool.Snapshots()
 	for i, s := range snaps {

@@ -65,8 +65,8 @@ type Pool struct {
 
 	ctx    context.Context // cancelled by Close; parent of every entry's
 	cancel context.CancelFunc
-	work   work           // logins, checks and renewals in flight: Close waits for them
-	bg     sync.WaitGroup // background logins, for tests to wait on (export_test.go)
+	work   work    // logins, checks and renewals in flight: Close waits for them
+	bg     counter // background logins, for tests to wait on (export_test.go)
 
 	reloadMu sync.Mutex   // one Update at a time
 	mu       sync.RWMutex // guards entries and order: swapped together, never one without the other
@@ -84,6 +84,36 @@ type Pool struct {
 // SecretPoll is how often a credential whose login was refused looks at its
 // secret for a change.
 const SecretPoll = refresher.SecretPoll
+
+// counter counts work under way and lets anyone wait for a moment when
+// none is; unlike a sync.WaitGroup, counting up may race with a wait. The
+// zero value is ready to use.
+type counter struct {
+	mu   sync.Mutex
+	n    int
+	idle *sync.Cond
+}
+
+func (c *counter) add(d int) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.n += d
+	if c.n == 0 && c.idle != nil {
+		c.idle.Broadcast()
+	}
+}
+
+// wait returns once the count is zero.
+func (c *counter) wait() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.idle == nil {
+		c.idle = sync.NewCond(&c.mu)
+	}
+	for c.n > 0 {
+		c.idle.Wait()
+	}
+}
 
 // work tracks goroutines doing upstream work so that Close can wait for
 // them; once closed it refuses new work.
