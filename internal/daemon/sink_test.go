@@ -76,7 +76,10 @@ func TestSinkFiles(t *testing.T) {
 // after each rotation the file holds the new key, live at Erply.
 func TestSinkAtomicUnderRotation(t *testing.T) {
 	var sink string
-	d := startDaemon(t, daemonOptions{setup: func(d *testDaemon) {
+	// pos alone: a pin on it would find each dropped key dead too and
+	// replace it from its own goroutine, racing the caller's report.
+	d := startDaemon(t, daemonOptions{env: map[string]string{"SESSIOND_CREDENTIALS": "pos",
+		"SESSIOND_CASHIER_KIND": "", "SESSIOND_CASHIER_PARENT": "", "SESSIOND_CASHIER_PIN": ""}, setup: func(d *testDaemon) {
 		sink = filepath.Join(d.dir, "pos.key")
 		d.env["SESSIOND_POS_SINK_FILE"] = sink
 	}})
