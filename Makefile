@@ -14,12 +14,17 @@ FUZZFLAGS ?= -parallel=1
 # interesting input for the default 60 s would take most of its time.
 ROUTES_MINIMIZE ?= 5s
 
-.PHONY: soak fuzz
+.PHONY: soak fuzz hostile
 
 # soak: 50 clients for SOAK_DURATION (default 5m) against 6-second sessions
 # with random upstream faults; prints the totals in its last log line.
 soak:
 	SOAK=1 $(GO) test -race -run TestSoak -count=1 -timeout 15m -v ./internal/daemon
+
+# hostile: the fault suite's RSS case with ten 100 MiB proxied replies
+# whose status comes last (the ordinary run uses 8 MiB replies).
+hostile:
+	FAULT_FULL=1 $(GO) test -race -run TestFaultHostileRSS -count=1 -v ./internal/daemon
 
 # fuzz: every fuzz target in turn. A crasher is written under the package's
 # testdata/fuzz/ and fails the run; commit it as a regression test.
@@ -31,3 +36,5 @@ fuzz:
 	$(GO) test -run '^$$' -fuzz '^FuzzInspect$$' -fuzztime $(FUZZTIME) $(FUZZFLAGS) ./proxy
 	$(GO) test -run '^$$' -fuzz '^FuzzSchedule$$' -fuzztime $(FUZZTIME) $(FUZZFLAGS) ./refresher
 	$(GO) test -run '^$$' -fuzz '^FuzzLoad$$' -fuzztime $(FUZZTIME) -fuzzminimizetime 3s $(FUZZFLAGS) ./state
+	$(GO) test -run '^$$' -fuzz '^FuzzInspectAgreesWithJSON$$' -fuzztime $(FUZZTIME) $(FUZZFLAGS) ./proxy
+	$(GO) test -run '^$$' -fuzz '^FuzzPickFields$$' -fuzztime $(FUZZTIME) $(FUZZFLAGS) ./upstream

@@ -1,6 +1,7 @@
 package config
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
 	"io"
@@ -29,7 +30,8 @@ func (e *SyntaxError) Error() string { return fmt.Sprintf("line %d: %s", e.Line,
 //
 // Where systemd would silently skip or truncate an assignment, ParseEnvFile
 // reports it instead: a line without "=", an invalid variable name, a leading
-// "export ", an unterminated quote, a NUL byte, invalid UTF-8. The error is
+// "export ", an unterminated quote, a NUL byte, invalid UTF-8, a leading
+// byte-order mark. The error is
 // one *SyntaxError per bad line, joined with errors.Join.
 func ParseEnvFile(r io.Reader) (map[string]string, error) {
 	b, err := io.ReadAll(r)
@@ -46,6 +48,10 @@ func ParseEnvFile(r io.Reader) (map[string]string, error) {
 	}
 	return vars, nil
 }
+
+// utf8BOM is the UTF-8 encoding of U+FEFF, which some editors put at the
+// start of a text file.
+const utf8BOM = "\xef\xbb\xbf"
 
 // shellNeedEscape are the characters a backslash unescapes inside double quotes.
 const shellNeedEscape = "\"\\`$"
@@ -67,11 +73,17 @@ const (
 // parseEnvFile is the state machine of systemd's parse_env_file_internal,
 // with errors where systemd drops input.
 func parseEnvFile(b []byte) (map[string]string, []*SyntaxError) {
+	var errs []*SyntaxError
+	if rest, ok := bytes.CutPrefix(b, []byte(utf8BOM)); ok {
+		// An editor's byte-order mark would otherwise be read as part of
+		// the first variable's name ("invalid variable name").
+		errs = append(errs, &SyntaxError{Line: 1, Msg: "the file starts with a UTF-8 byte-order mark (U+FEFF, bytes EF BB BF); save it as UTF-8 without one"})
+		b = rest
+	}
 	src := strings.ReplaceAll(string(b), "\r\n", "\n")
 	src = strings.ReplaceAll(src, "\r", "\n")
 
 	vars := make(map[string]string)
-	var errs []*SyntaxError
 	var (
 		state     = stPreKey
 		line      = 1 // current line

@@ -70,7 +70,7 @@ func FuzzLoad(f *testing.F) {
 			}
 			seen := make(map[string]bool)
 			for _, cr := range c.Credentials {
-				if seen[cr.Name] || !validName(cr.Name) {
+				if seen[cr.Name] || !ValidName(cr.Name) {
 					t.Fatalf("bad or duplicate name %q", cr.Name)
 				}
 				seen[cr.Name] = true

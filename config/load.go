@@ -3,8 +3,10 @@ package config
 
 import (
 	"bytes"
+	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"net"
 	"net/url"
 	"os"
@@ -463,8 +465,16 @@ func readSmallRegularFile(path string, max int64) ([]byte, error) {
 	return b, nil
 }
 
-func validName(s string) bool {
-	if s == "" {
+// MaxNameLen is the longest credential name. Names appear in routes
+// (/v1/sessions/NAME), variable names and metric labels; one longer than
+// this would log in and count as ready while every route answered 404.
+const MaxNameLen = 64
+
+// ValidName reports whether s can be a credential name: 1 to MaxNameLen
+// lower-case letters, digits and _. It is the one rule for names: config
+// enforces it and the local API checks paths against it.
+func ValidName(s string) bool {
+	if s == "" || len(s) > MaxNameLen {
 		return false
 	}
 	for i := 0; i < len(s); i++ {
@@ -514,6 +524,11 @@ func build(env map[string]string, envFile string) (*Config, error) {
 		}
 	}
 	c.SocketMode = b.mode(VarSocketMode, DefaultSocketMode)
+	if v, set := b.get(VarSocketMode); set && c.SocketMode.Perm()&0o222 == 0 {
+		// Connecting to a Unix socket needs write permission: such a
+		// mode would let only root in. Refused rather than widened.
+		b.fail(VarSocketMode, "%s lets no one but root connect (connecting needs write permission); use 0660 for the group, or 0600 for the daemon's own user", show(v))
+	}
 	if v, ok := b.get(VarStateDir); ok && v != "" {
 		c.StateDir, c.StateDirVar = v, VarStateDir
 	} else if v := env[VarSystemdStateDir]; v != "" {
@@ -567,7 +582,9 @@ func (b *builder) names() []string {
 		switch {
 		case n == "":
 			b.fail(VarCredentials, "empty name in the list")
-		case !validName(n):
+		case len(n) > MaxNameLen:
+			b.fail(VarCredentials, "%s is %d characters long; a name has at most %d", show(n), len(n), MaxNameLen)
+		case !ValidName(n):
 			b.fail(VarCredentials, "%s is not a valid name (lower-case letters, digits and _)", show(n))
 		case slices.Contains(names, n):
 			b.fail(VarCredentials, "%s is listed twice", show(n))
@@ -702,7 +719,8 @@ func (b *builder) resolveParents(creds []Credential) {
 }
 
 // checkSinks rejects two credentials writing the same sink file: each would
-// overwrite the other's key.
+// overwrite the other's key. A sink whose directory is missing is a
+// warning: the daemon retries the write until the directory appears.
 func (b *builder) checkSinks(creds []Credential) {
 	seen := make(map[string]string)
 	for _, cr := range creds {
@@ -715,6 +733,13 @@ func (b *builder) checkSinks(creds []Credential) {
 			continue
 		}
 		seen[cr.SinkFile] = v
+		dir := filepath.Dir(cr.SinkFile)
+		switch fi, err := os.Stat(dir); {
+		case errors.Is(err, fs.ErrNotExist):
+			b.warn(v, "directory %s does not exist: the key cannot be written until it does (the daemon retries)", dir)
+		case err == nil && !fi.IsDir():
+			b.warn(v, "%s is not a directory: the key cannot be written there", dir)
+		}
 	}
 }
 
@@ -741,7 +766,7 @@ func (b *builder) unknownVars(names []string) {
 		rest := strings.TrimPrefix(k, Prefix)
 		name := ""
 		for _, sfx := range credentialSuffixes {
-			if n, ok := strings.CutSuffix(rest, "_"+sfx); ok && n != "" && validName(strings.ToLower(n)) && strings.ToUpper(n) == n {
+			if n, ok := strings.CutSuffix(rest, "_"+sfx); ok && n != "" && ValidName(strings.ToLower(n)) && strings.ToUpper(n) == n {
 				name = strings.ToLower(n)
 				break
 			}

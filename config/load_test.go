@@ -90,6 +90,9 @@ func TestLoadFullConfiguration(t *testing.T) {
 	dir := t.TempDir()
 	pw := writeFile(t, dir, "pos.password", secretInFile+"\n")
 	tok := writeFile(t, dir, "idp.token", secretInFile)
+	if err := os.Mkdir(filepath.Join(dir, "pos"), 0o700); err != nil { // the sink's directory
+		t.Fatal(err)
+	}
 	env := map[string]string{
 		"SESSIOND_CREDENTIALS":       " pos, cashier ,floor,idp,sso",
 		"SESSIOND_SOCKET":            filepath.Join(dir, "s.sock"),
@@ -110,7 +113,7 @@ func TestLoadFullConfiguration(t *testing.T) {
 		"SESSIOND_POS_API_URL":       "https://onprem.example/{clientCode}/",
 		"SESSIOND_POS_ALLOW_UIDS":    "1000, 1001",
 		"SESSIOND_POS_ALLOW_GIDS":    "0",
-		"SESSIOND_POS_SINK_FILE":     "/run/pos/../pos/key",
+		"SESSIOND_POS_SINK_FILE":     dir + "/pos/../pos/key",
 		"SESSIOND_POS_SINK_MODE":     "0600",
 
 		"SESSIOND_CASHIER_KIND":           "pin",
@@ -149,7 +152,7 @@ func TestLoadFullConfiguration(t *testing.T) {
 	pos, cashier, floor, idp, sso := c.Credentials[0], c.Credentials[1], c.Credentials[2], c.Credentials[3], c.Credentials[4]
 	if pos.Password.File != pw || pos.Password.Value != "" || pos.APIURL != "https://onprem.example/{clientCode}/" ||
 		!slices.Equal(pos.AllowUIDs, []uint32{1000, 1001}) || !slices.Equal(pos.AllowGIDs, []uint32{0}) ||
-		pos.SinkFile != "/run/pos/key" || pos.SinkMode != 0o600 {
+		pos.SinkFile != filepath.Join(dir, "pos", "key") || pos.SinkMode != 0o600 {
 		t.Errorf("pos = %+v", pos)
 	}
 	if got, err := pos.Password.Read(); err != nil || got != secretInFile {

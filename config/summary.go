@@ -43,7 +43,7 @@ func (c Credential) Summary() string {
 	}
 	fmt.Fprintf(&sb, " sessionLength=%ds", c.SessionLength)
 	if c.APIURL != "" && c.APIURL != DefaultAPIURL {
-		fmt.Fprintf(&sb, " apiURL=%s", redactURL(c.APIURL))
+		fmt.Fprintf(&sb, " apiURL=%s", RedactURL(c.APIURL))
 	}
 	if len(c.AllowUIDs) > 0 {
 		fmt.Fprintf(&sb, " allowUIDs=%s", joinIDs(c.AllowUIDs))
@@ -63,8 +63,9 @@ func (c Credential) Summary() string {
 	return sb.String()
 }
 
-// redactURL hides a password in an API URL's user info.
-func redactURL(s string) string {
+// RedactURL hides a password in an API URL's (or URL template's) user
+// info, for logs and answers; the URL itself keeps it for requests.
+func RedactURL(s string) string {
 	u, err := url.Parse(strings.ReplaceAll(s, "{clientCode}", "CLIENTCODE"))
 	if err != nil || u.User == nil {
 		return s

@@ -389,7 +389,10 @@ func TestRedisUnusable(t *testing.T) {
 			url := tc.url(be) // before any client connects: miniredis's auth settings are not goroutine-safe
 			var ds []*daemon
 			for range 2 {
-				ds = append(ds, w.start([]config.Credential{w.pwCred("pos", 3600)}, withURL(url)))
+				// A long cool-down: under load the short test one can pass
+				// between the failed logins and the status checked here.
+				ds = append(ds, w.start([]config.Credential{w.pwCred("pos", 3600)}, withURL(url),
+					func(o *fleet.Options) { o.BreakerCooldown = time.Minute }))
 			}
 			began := time.Now()
 			w.openAll(ds...)

@@ -8,6 +8,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/erply-sessiond/erply-sessiond/config"
 	"github.com/erply-sessiond/erply-sessiond/pool"
 )
 
@@ -79,7 +80,7 @@ func (s *Server) render(snap *pool.Snapshot) *rendered {
 	_ = enc.Encode(sessionJSON{
 		Name:            snap.Name,
 		ClientCode:      snap.ClientCode,
-		APIURL:          snap.APIURL,
+		APIURL:          config.RedactURL(snap.APIURL),
 		SessionKey:      sess.SessionKey,
 		ExpiresAt:       snap.ExpiresAt.UTC().Format(time.RFC3339),
 		ExpiresIn:       expiresInMark,

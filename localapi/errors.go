@@ -18,6 +18,7 @@ var (
 	errNotFound          = answer.New(http.StatusNotFound, "not_found", "no such route")
 	errTCPNotFound       = answer.New(http.StatusNotFound, "not_found", "session routes are not served on the TCP listener")
 	errMethod            = answer.New(http.StatusMethodNotAllowed, "method_not_allowed", "method not allowed on this route")
+	errHost              = answer.New(http.StatusForbidden, "forbidden_host", "session routes on TCP answer only requests for a loopback Host (localhost, 127.0.0.1 or [::1])")
 	errMissingHeader     = answer.New(http.StatusPreconditionFailed, "missing_header", "session routes on TCP require the header "+RequestHeader+": 1")
 	errMissingKey        = answer.New(http.StatusBadRequest, "missing_key", "form or query field key (the stale session key) is required")
 	errMissingTarget     = answer.New(http.StatusBadRequest, "missing_target", "form or query field url or target is required")
@@ -42,7 +43,10 @@ func errNoToken(what string) *answer.Error {
 // errForbidden names the caller's uid (not a secret) so an operator can fix ALLOW_UIDS.
 func errForbidden(ci *connInfo) *answer.Error {
 	msg := "caller may not read this credential"
-	if ci.ok {
+	switch {
+	case ci.tcp:
+		msg = "a credential restricted by ALLOW_UIDS or ALLOW_GIDS is served only on the Unix socket"
+	case ci.ok:
 		msg = "uid " + strconv.FormatUint(uint64(ci.uid), 10) + " may not read this credential"
 	}
 	return answer.New(http.StatusForbidden, "forbidden", msg)

@@ -8,34 +8,20 @@ import (
 	"net/http"
 	"time"
 
+	"github.com/erply-sessiond/erply-sessiond/config"
 	"github.com/erply-sessiond/erply-sessiond/internal/answer"
 	"github.com/erply-sessiond/erply-sessiond/pool"
 	"github.com/erply-sessiond/erply-sessiond/srv"
 	"github.com/erply-sessiond/erply-sessiond/upstream"
 )
 
-// maxNameLen bounds credential and list names in paths.
-const maxNameLen = 64
-
-// validName reports whether name can be a credential name (lower-case
-// letters, digits, _), so that nothing else reaches the pool.
-func validName(name string) bool {
-	if name == "" || len(name) > maxNameLen {
-		return false
-	}
-	for i := 0; i < len(name); i++ {
-		c := name[i]
-		if (c < 'a' || c > 'z') && (c < '0' || c > '9') && c != '_' {
-			return false
-		}
-	}
-	return true
-}
+// maxListLen bounds endpoint list names in paths.
+const maxListLen = 64
 
 // validList reports whether list can be an endpoint list's field name
 // (letters and digits, as customerRegistryURLs).
 func validList(list string) bool {
-	if list == "" || len(list) > maxNameLen {
+	if list == "" || len(list) > maxListLen {
 		return false
 	}
 	for i := 0; i < len(list); i++ {
@@ -51,7 +37,9 @@ func validList(list string) bool {
 // without refreshing anything: 404 for a name that is not configured, 403
 // for a peer not allowed.
 func (s *Server) known(ci *connInfo, name string) (*rendered, error) {
-	if !validName(name) {
+	// config.ValidName is the rule every configured name passed, so
+	// that nothing else reaches the pool.
+	if !config.ValidName(name) {
 		return nil, errUnknownCredential
 	}
 	rd := s.cache.lookup(name)
@@ -218,9 +206,13 @@ type listItem struct {
 	// the daemon was built without a fleet status.
 	Fleet      string `json:"fleet,omitempty"`
 	FleetError string `json:"fleetError,omitempty"`
+	// SinkError is why the credential's SINK_FILE does not hold its current
+	// key (the write is retried); absent while it does.
+	SinkError string `json:"sinkError,omitempty"`
 }
 
-// handleList lists the credentials the peer may read (all of them on TCP).
+// handleList lists the credentials the peer may read (on TCP, those
+// without ALLOW_UIDS or ALLOW_GIDS).
 func (s *Server) handleList(w http.ResponseWriter, r *http.Request) error {
 	ci := peerOf(r.Context())
 	now := s.clk.Now()
@@ -236,6 +228,9 @@ func (s *Server) handleList(w http.ResponseWriter, r *http.Request) error {
 			State:      string(stateAt(snap, now)),
 			Logins:     snap.Logins,
 			LastError:  errorText(snap.LastError),
+		}
+		if s.sinkError != nil {
+			it.SinkError = errorText(s.sinkError(snap.Name))
 		}
 		if snap.Session != nil && !snap.ExpiresAt.IsZero() {
 			at := snap.ExpiresAt.UTC().Format(time.RFC3339)
@@ -330,7 +325,7 @@ func (s *Server) handleRotate(w http.ResponseWriter, r *http.Request) error {
 		return errRotateForbidden(ci)
 	}
 	name := r.PathValue("name")
-	if !validName(name) {
+	if !config.ValidName(name) {
 		return errUnknownCredential
 	}
 	snap, err := s.rotator.Rotate(r.Context(), name)

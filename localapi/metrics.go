@@ -15,6 +15,7 @@ type metrics struct {
 	requests        *prometheus.CounterVec
 	expiry          *expiryCollector
 	passwordExpired *passwordExpiredCollector
+	connsRefused    prometheus.Counter
 }
 
 func newMetrics(sessions Sessions, now func() time.Time) *metrics {
@@ -23,6 +24,10 @@ func newMetrics(sessions Sessions, now func() time.Time) *metrics {
 			Name: "erply_sessiond_local_requests_total",
 			Help: "Requests to the local API by route pattern and HTTP status.",
 		}, []string{"route", "code"}),
+		connsRefused: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "erply_sessiond_local_connections_refused_total",
+			Help: "Connections to the local API answered 503 and closed because their user already held the most allowed.",
+		}),
 		expiry: &expiryCollector{
 			sessions: sessions,
 			now:      now,

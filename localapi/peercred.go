@@ -37,12 +37,15 @@ func peerOf(ctx context.Context) *connInfo {
 // gids. Both lists empty: anyone who can open the socket. Otherwise the peer
 // must be known and its uid listed, or its primary or a supplementary group
 // listed. Root and the daemon's own user are always allowed: they can read
-// the daemon's memory and configuration anyway. TCP requests carry no peer
-// and pass; the TCP listener is guarded by Options.TCPSessions and
-// RequestHeader instead.
+// the daemon's memory and configuration anyway. TCP requests carry no peer,
+// so on TCP only unrestricted credentials may be read (the listener is
+// guarded by Options.TCPSessions, a loopback Host and RequestHeader).
 func (s *Server) mayRead(ci *connInfo, snap *pool.Snapshot) bool {
-	if ci.tcp || (len(snap.AllowUIDs) == 0 && len(snap.AllowGIDs) == 0) {
+	if len(snap.AllowUIDs) == 0 && len(snap.AllowGIDs) == 0 {
 		return true
+	}
+	if ci.tcp {
+		return false
 	}
 	if !ci.ok {
 		return false

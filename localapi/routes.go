@@ -1,6 +1,7 @@
 package localapi
 
 import (
+	"net"
 	"net/http"
 	"strings"
 	"sync"
@@ -67,6 +68,12 @@ func (rt *route) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			case !rt.s.tcpSessions:
 				answer.Write(w, errTCPNotFound, rt.text)
 				return
+			case !loopbackHost(r.Host):
+				// A page reached through DNS rebinding is same-origin
+				// with the listener and may set the header; its Host
+				// still names the attacker's domain.
+				answer.Write(w, errHost, rt.text)
+				return
 			case r.Header.Get(RequestHeader) != "1":
 				answer.Write(w, errMissingHeader, rt.text)
 				return
@@ -76,6 +83,22 @@ func (rt *route) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if err := rt.h(w, r); err != nil {
 		answer.Write(w, err, rt.text)
 	}
+}
+
+// loopbackHost reports whether a request's Host names the loopback
+// interface: localhost or a loopback address (127.0.0.1, [::1]), with or
+// without a port.
+func loopbackHost(host string) bool {
+	if h, _, err := net.SplitHostPort(host); err == nil {
+		host = h
+	} else if strings.HasPrefix(host, "[") && strings.HasSuffix(host, "]") {
+		host = host[1 : len(host)-1]
+	}
+	if strings.EqualFold(host, "localhost") {
+		return true
+	}
+	ip := net.ParseIP(host)
+	return ip != nil && ip.IsLoopback()
 }
 
 // serveHTTP is the servers' handler: it limits the body, dispatches through

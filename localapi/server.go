@@ -63,6 +63,16 @@ const (
 	MaxHeaderBytes = 16 << 10
 	// LoginWait bounds how long a request waits for a login in flight.
 	LoginWait = 30 * time.Second
+	// DefaultMaxConnsPerUID is how many connections one peer uid may hold
+	// open on the Unix socket (all TCP connections share one such quota)
+	// when Options.MaxConnsPerUID is zero: many more than a busy PHP-FPM
+	// pool keeps alive, few enough that no one user can take the daemon's
+	// file descriptors (the unit's LimitNOFILE) or memory.
+	DefaultMaxConnsPerUID = 256
+	// DefaultIdleTimeout closes a keep-alive connection idle this long when
+	// Options.IdleTimeout is zero; a connection that never sends a request
+	// is closed after 5 s (the header timeout).
+	DefaultIdleTimeout = 30 * time.Second
 	// DefaultEndpointCooldown is how long an endpoint reported down stays last
 	// when Options.EndpointCooldown is zero.
 	DefaultEndpointCooldown = 30 * time.Second
@@ -94,14 +104,29 @@ type Options struct {
 	// rand.IntN; nil means math/rand/v2.
 	Intn func(int) int
 	// TCPSessions serves the session routes on TCP listeners too; each such
-	// request must then carry RequestHeader: 1 (412 without it). When false
-	// they answer 404 on TCP.
+	// request must then name a loopback Host (403 forbidden_host otherwise,
+	// against DNS rebinding) and carry RequestHeader: 1 (412 without it).
+	// A credential with ALLOW_UIDS or ALLOW_GIDS is never served on TCP,
+	// which has no peer credentials (403). When false they answer 404 on TCP.
 	TCPSessions bool
 	// LastReload, when set, reports the last reload for /readyz.
 	LastReload func() *ReloadStatus
 	// PeerCred, when set, replaces reading SO_PEERCRED from Unix connections
 	// (for tests). ok=false means the peer is unknown.
 	PeerCred func(net.Conn) (uid, gid, pid uint32, ok bool)
+	// MaxConnsPerUID caps the connections one peer uid holds open on the
+	// Unix socket, from its peer credentials; all TCP connections share one
+	// such quota. A connection over it is answered 503 too_many_connections
+	// and closed, so one user's idle or slow connections never stop another
+	// user's requests. Default DefaultMaxConnsPerUID.
+	MaxConnsPerUID int
+	// IdleTimeout closes keep-alive connections idle this long (default
+	// DefaultIdleTimeout).
+	IdleTimeout time.Duration
+	// SinkError, when set, says why a credential's SINK_FILE does not hold
+	// its current key (nil when it does, or it has none); GET /v1/sessions
+	// shows it as sinkError.
+	SinkError func(credential string) error
 	// Proxy, when set, is mounted at POST /v1/sessions/{name}/api behind the
 	// same checks as the other session routes (name, access, TCP header);
 	// when nil that route does not exist.
@@ -137,8 +162,11 @@ type Server struct {
 	proxy       http.Handler
 	rotator     Rotator
 	fleetStatus func(string) (string, string)
+	sinkError   func(string) error
 	gatherer    prometheus.Gatherer
 	selfUID     uint32
+	idleTimeout time.Duration
+	conns       connLimits
 
 	cache     cache
 	downs     *srv.Downs
@@ -171,7 +199,16 @@ func New(opts Options) *Server {
 		proxy:       opts.Proxy,
 		rotator:     opts.Rotator,
 		fleetStatus: opts.FleetStatus,
+		sinkError:   opts.SinkError,
 		selfUID:     uint32(os.Getuid()),
+		idleTimeout: opts.IdleTimeout,
+		conns:       connLimits{max: opts.MaxConnsPerUID, open: map[string]int{}, capped: map[string]bool{}},
+	}
+	if s.idleTimeout <= 0 {
+		s.idleTimeout = DefaultIdleTimeout
+	}
+	if s.conns.max <= 0 {
+		s.conns.max = DefaultMaxConnsPerUID
 	}
 	if s.clk == nil {
 		s.clk = clock.Real{}
@@ -206,7 +243,7 @@ func New(opts Options) *Server {
 	s.gatherer = gat
 	s.metrics = newMetrics(s.sessions, s.clk.Now)
 	if reg != nil {
-		reg.MustRegister(s.metrics.requests, s.metrics.expiry, s.metrics.passwordExpired)
+		reg.MustRegister(s.metrics.requests, s.metrics.connsRefused, s.metrics.expiry, s.metrics.passwordExpired)
 	}
 
 	s.cache.init(s.render)
@@ -223,10 +260,12 @@ func New(opts Options) *Server {
 // first; a socket on which some process still accepts connections, or a path
 // that is not a socket at all, is refused with an error naming the path.
 //
-// The listener unlinks path when closed (Shutdown closes it), because it
-// created it. A listener inherited from systemd (net.FileListener) is never
-// unlinked by Go; callers that build one some other way must call
-// SetUnlinkOnClose(false) on it themselves.
+// Closing the listener (Shutdown closes it) removes path, but only while
+// path is still the socket this call made: its device and inode are noted
+// at creation and checked with Lstat first, so a daemon stopping never
+// removes the socket of another daemon started on the same path since.
+// Go's own unlink-on-close, which removes whatever path names, is off. A
+// listener inherited from systemd (net.FileListener) is never unlinked.
 //
 // Between the socket's creation and the chmod it carries the umask's mode;
 // keep it in a directory only the daemon's user and group can enter.
@@ -249,15 +288,43 @@ func ListenUnix(path string, mode os.FileMode) (net.Listener, error) {
 	case !errors.Is(err, fs.ErrNotExist):
 		return nil, fmt.Errorf("localapi: %w", err)
 	}
-	l, err := net.Listen("unix", path)
+	l, err := net.ListenUnix("unix", &net.UnixAddr{Name: path, Net: "unix"})
 	if err != nil {
 		return nil, fmt.Errorf("localapi: %w", err)
 	}
+	l.SetUnlinkOnClose(false)
 	if err := os.Chmod(path, mode.Perm()); err != nil {
 		l.Close()
+		os.Remove(path)
 		return nil, fmt.Errorf("localapi: setting socket mode: %w", err)
 	}
-	return l, nil
+	fi, err = os.Lstat(path)
+	if err != nil {
+		l.Close()
+		return nil, fmt.Errorf("localapi: %w", err)
+	}
+	return &ownSocket{UnixListener: l, path: path, made: fi}, nil
+}
+
+// ownSocket is a Unix listener that removes its socket file when closed,
+// if the file is still the one it made.
+type ownSocket struct {
+	*net.UnixListener
+	path string
+	made fs.FileInfo // the socket as created, for os.SameFile
+	once sync.Once
+}
+
+// Close stops listening and removes the socket file unless another has
+// taken its place (same device and inode, checked with Lstat).
+func (l *ownSocket) Close() error {
+	err := l.UnixListener.Close()
+	l.once.Do(func() {
+		if fi, lerr := os.Lstat(l.path); lerr == nil && os.SameFile(fi, l.made) {
+			os.Remove(l.path)
+		}
+	})
+	return err
 }
 
 // probeStale returns nil when nobody accepts connections on the socket at
@@ -286,13 +353,13 @@ func (s *Server) Serve(l net.Listener, tcp bool) error {
 		// Invalidate may wait up to LoginWait for a login; the proxy may then
 		// wait for Erply's answer too (its own request timeout is 90 s).
 		WriteTimeout:   150 * time.Second,
-		IdleTimeout:    120 * time.Second,
+		IdleTimeout:    s.idleTimeout,
 		MaxHeaderBytes: MaxHeaderBytes,
 		ErrorLog:       log.New(httpLogWriter{s.log}, "", 0),
 		ConnContext: func(ctx context.Context, c net.Conn) context.Context {
-			ci := connInfo{tcp: true}
-			if !tcp {
-				ci = s.peerCred(c)
+			ci := connInfo{tcp: true} // unknown: the most restricted case
+			if lc, ok := c.(*limitedConn); ok {
+				ci = lc.ci // read once, at accept
 			}
 			return context.WithValue(ctx, connKey{}, &ci)
 		},
@@ -305,7 +372,7 @@ func (s *Server) Serve(l net.Listener, tcp bool) error {
 	}
 	s.servers = append(s.servers, hs)
 	s.mu.Unlock()
-	if err := hs.Serve(l); !errors.Is(err, http.ErrServerClosed) {
+	if err := hs.Serve(&limitedListener{Listener: l, s: s, tcp: tcp}); !errors.Is(err, http.ErrServerClosed) {
 		return fmt.Errorf("localapi: serve: %w", err)
 	}
 	return nil

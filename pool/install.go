@@ -76,6 +76,7 @@ func (p *Pool) install(e *entry, g Grant, origin string) *Snapshot {
 	if g.ParentKey != "" {
 		e.parentKey = g.ParentKey
 	}
+	e.installedAt = p.clk.Now()
 	cred := e.cred
 	e.mu.Unlock()
 	lifetime := g.ExpiresAt.Sub(g.Obtained)

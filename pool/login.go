@@ -41,6 +41,14 @@ func (p *Pool) Get(ctx context.Context, name string) (*Snapshot, error) {
 // Invalidate is compare-and-refresh: if staleKey is still the credential's
 // current key, it logs in anew (once, however many callers report the same
 // key) and returns the new session; otherwise it returns the current one.
+//
+// Callers cannot make it log in without bound: past ForcedBurst logins
+// forced while the session was still valid (refilled at one per
+// ForcedEvery), the reported key is first checked with getSessionKeyInfo.
+// A key Erply still accepts is answered with the current session and no
+// login; one it refuses means a login, unless the session was made less
+// than ForcedEvery ago (Erply refusing the keys it just issued): then an
+// *UnavailableError says so, with RetryAfter until a login is allowed.
 func (p *Pool) Invalidate(ctx context.Context, name, staleKey string) (*Snapshot, error) {
 	e := p.entry(name)
 	if e == nil {
@@ -51,7 +59,7 @@ func (p *Pool) Invalidate(ctx context.Context, name, staleKey string) (*Snapshot
 		return p.Get(ctx, name)
 	}
 	snap, err := p.demand(ctx, e, s, whyInvalidated)
-	if err != nil {
+	if be := (*boundError)(nil); err != nil && !errors.As(err, &be) {
 		p.dropIfDead(ctx, e, staleKey)
 	}
 	return snap, err
@@ -143,6 +151,13 @@ func (p *Pool) flight(ctx context.Context, e *entry, staleVersion uint64, why st
 		if wait, blocked := p.blocked(e, now); blocked && !force {
 			return nil, &UnavailableError{Name: e.name, Reason: cur.LastError, RetryAfter: wait}
 		}
+		if why == whyInvalidated && cur.Valid(now, p.margin(cur)) {
+			// A caller reports the key of a session that is still valid:
+			// a forced login, bounded.
+			if snap, err, decided := p.boundForced(e, cur, now); decided {
+				return snap, err
+			}
+		}
 		// However short the sessions Erply grants, no more than one login
 		// per third of a session's lifetime on demand or schedule.
 		if wait, soon := p.tooSoon(e, now); soon && !force && why != whyInvalidated {
@@ -168,6 +183,92 @@ func (p *Pool) flight(ctx context.Context, e *entry, staleVersion uint64, why st
 	case <-t.C:
 		return nil, &UnavailableError{Name: e.name, Reason: context.DeadlineExceeded, RetryAfter: time.Second}
 	}
+}
+
+// Bounds of logins that callers force by reporting the current key while
+// its session is valid (Invalidate): ForcedBurst at once, then one per
+// ForcedEvery, as cloud-sql-proxy bounds its forced refreshes. Past them a
+// reported key is checked with Erply before any login.
+const (
+	ForcedBurst = 2
+	ForcedEvery = 30 * time.Second
+	// checkedFor is how long Erply's answer about a reported key answers
+	// further reports of it without asking again.
+	checkedFor = 5 * time.Second
+)
+
+// boundError is the reason callers get 503 when a reported key was issued
+// moments ago and Erply does not confirm it alive, past the forced-login
+// bound. Its session is kept: dropping it would make every caller log in.
+type boundError struct{ cause error }
+
+func (e *boundError) Error() string {
+	if errors.Is(e.cause, upstream.ErrSessionInvalid) {
+		return "Erply refuses a session key it issued less than 30 s ago: not logging in once per report (see Retry-After)"
+	}
+	return "the reported key could not be checked (" + e.cause.Error() + ") and its session is less than 30 s old: not logging in once per report (see Retry-After)"
+}
+
+func (e *boundError) Unwrap() error { return e.cause }
+
+// forcedBucket is a token bucket of forced logins; the zero value is full.
+type forcedBucket struct {
+	spent float64   // tokens used, less what has refilled by at
+	at    time.Time // when spent was last brought up to date
+}
+
+// take uses a token if one is left at now.
+func (b *forcedBucket) take(now time.Time) bool {
+	if !b.at.IsZero() {
+		b.spent = max(0, b.spent-float64(now.Sub(b.at))/float64(ForcedEvery))
+	}
+	b.at = now
+	if b.spent > ForcedBurst-1 {
+		return false
+	}
+	b.spent++
+	return true
+}
+
+// boundForced decides a forced login of e, whose current session cur is
+// valid, inside its login flight (so all callers reporting one key count
+// once). decided=false means log in; otherwise snap or err is the answer.
+func (p *Pool) boundForced(e *entry, cur *Snapshot, now time.Time) (snap *Snapshot, err error, decided bool) {
+	key := cur.Session.SessionKey
+	e.mu.Lock()
+	if e.forced.take(now) {
+		e.mu.Unlock()
+		return nil, nil, false
+	}
+	cached := e.checkedKey == key && now.Sub(e.checkedAt) < checkedFor
+	cerr := e.checkedErr
+	age := now.Sub(e.installedAt)
+	e.mu.Unlock()
+	log := p.log.With().Str("credential", e.name).Str("key", Fingerprint(key)).Logger()
+	if !cached {
+		ctx, cancel := context.WithTimeout(e.ctx, p.opts.LoginTimeout)
+		defer cancel()
+		acct := upstream.Account{ClientCode: cur.ClientCode, APIURL: cur.APIURL}
+		_, cerr = p.opts.Upstream.GetSessionKeyInfo(ctx, acct, key)
+		e.mu.Lock()
+		e.checkedKey, e.checkedAt, e.checkedErr = key, now, cerr
+		e.mu.Unlock()
+		if cerr == nil {
+			log.Info().Msg("a caller reported the current key as dead, but Erply still accepts it: no login")
+		}
+	}
+	if cerr == nil {
+		return cur, nil, true
+	}
+	if age >= ForcedEvery {
+		return nil, nil, false // dead (or not confirmed alive), and not fresh: log in as usual
+	}
+	wait := ForcedEvery - age
+	if !cached {
+		log.Warn().Err(cerr).Stringer("sessionAge", age).Stringer("retryIn", wait).
+			Msg("a caller reported a key issued moments ago as dead, past the bound on forced logins: not logging in yet")
+	}
+	return nil, &UnavailableError{Name: e.name, Reason: &boundError{cerr}, RetryAfter: wait}, true
 }
 
 // doLogin asks the credential's Method for a session to replace the one in
@@ -330,10 +431,10 @@ func (p *Pool) loginInBackground(e *entry, why string) {
 	// goroutine runs, the flight sees the change and does not log in again.
 	version := e.snap.Load().Version
 	e.pending.Add(1)
-	p.bg.Add(1)
+	p.bg.add(1)
 	go func() {
 		defer p.work.done()
-		defer p.bg.Done()
+		defer p.bg.add(-1)
 		defer e.pending.Add(-1)
 		_, _ = p.login(e.ctx, e, version, why, true)
 	}()

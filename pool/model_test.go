@@ -432,8 +432,9 @@ func (m *model) validKeys() map[string]string {
 }
 
 // changeSecret writes a wrong or the right password to a credential's file
-// and tells the pool, as SIGHUP does. It holds the clock shared, like every
-// operation that may start a login, so that exclusive steps see none start.
+// and tells the pool, as SIGHUP does. It holds the clock shared, so that
+// an exclusive reload (which checks that unchanged credentials keep their
+// keys) does not see the login a changed secret starts.
 func (m *model) changeSecret(r *rand.Rand) {
 	m.clockMu.RLock()
 	defer m.clockMu.RUnlock()
@@ -530,7 +531,8 @@ func (m *model) installFromElsewhere(r *rand.Rand) {
 }
 
 // checkListing: names and snapshots agree, in order, none missing. It
-// holds reloadMu so that no reload runs between the two reads.
+// runs between reloads: a name a reload is removing right now is missing
+// before the model has recorded it as removed.
 func (m *model) checkListing() {
 	m.reloadMu.Lock()
 	defer m.reloadMu.Unlock()

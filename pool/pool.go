@@ -68,8 +68,8 @@ type Pool struct {
 
 	ctx    context.Context // cancelled by Close; parent of every entry's
 	cancel context.CancelFunc
-	work   work           // logins, checks and renewals in flight: Close waits for them
-	bg     sync.WaitGroup // background logins, for tests to wait on (export_test.go)
+	work   work    // logins, checks and renewals in flight: Close waits for them
+	bg     counter // background logins, for tests to wait on (export_test.go)
 
 	reloadMu sync.Mutex   // one Update at a time
 	mu       sync.RWMutex // guards entries and order: swapped together, never one without the other
@@ -87,6 +87,36 @@ type Pool struct {
 // SecretPoll is how often a credential whose login was refused looks at its
 // secret for a change.
 const SecretPoll = refresher.SecretPoll
+
+// counter counts work under way and lets anyone wait for a moment when
+// none is; unlike a sync.WaitGroup, counting up may race with a wait. The
+// zero value is ready to use.
+type counter struct {
+	mu   sync.Mutex
+	n    int
+	idle *sync.Cond
+}
+
+func (c *counter) add(d int) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.n += d
+	if c.n == 0 && c.idle != nil {
+		c.idle.Broadcast()
+	}
+}
+
+// wait returns once the count is zero.
+func (c *counter) wait() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.idle == nil {
+		c.idle = sync.NewCond(&c.mu)
+	}
+	for c.n > 0 {
+		c.idle.Wait()
+	}
+}
 
 // work tracks goroutines doing upstream work so that Close can wait for
 // them; once closed it refuses new work.
@@ -144,7 +174,12 @@ type entry struct {
 	jwtFailures  int    // consecutive failed JWT renewals
 	lastLogin    time.Time
 	lastLifetime time.Duration
-	parentKey    string // the parent session key the current session was made on
+	parentKey    string    // the parent session key the current session was made on
+	installedAt  time.Time // when the current session was installed
+	forced       forcedBucket
+	checkedKey   string    // the key Erply was last asked about for a forced login…
+	checkedAt    time.Time // …when…
+	checkedErr   error     // …and its answer (nil: alive)
 
 	pending      atomic.Int32 // forced background logins asked for and not yet done
 	warnedLength atomic.Bool  // an overlong sessionLength was logged once

@@ -26,8 +26,12 @@ import (
 const (
 	DefaultConcurrency = 10
 	DefaultMaxBody     = 1 << 20
-	DefaultMaxReply    = 32 << 20
-	DefaultQueueWait   = 30 * time.Second
+	// DefaultMaxReply bounds what of a reply is held while looking for its
+	// status: Erply sends status first (a few hundred bytes), and a
+	// bounded hold keeps the proxy's memory per call small whatever the
+	// reply (ten 100 MiB replies with status last held 32 MiB each).
+	DefaultMaxReply  = 256 << 10
+	DefaultQueueWait = 30 * time.Second
 	// DefaultRequestTimeout bounds one upstream request, its reply included.
 	DefaultRequestTimeout = 90 * time.Second
 
@@ -96,7 +100,8 @@ type Options struct {
 	// for its "status" member (default DefaultMaxReply). Erply sends status
 	// first, so normally only a few hundred bytes are held and the rest is
 	// streamed; a reply whose status is not within MaxReply bytes is passed
-	// through without inspection.
+	// through unchanged without inspection: no re-send after a 1054 there,
+	// no pause after a 1002 there.
 	MaxReply int64
 	// QueueWait is how long a caller waits for a free slot (default
 	// DefaultQueueWait, and never past the caller's own deadline) before 503
@@ -146,6 +151,7 @@ type Proxy struct {
 	maxReply    int64
 	queueWait   time.Duration
 	metrics     *metrics
+	labels      requestLabels
 
 	mu     sync.Mutex
 	limits map[string]*limiter // by client code
@@ -210,7 +216,8 @@ func (p *Proxy) CloseIdleConnections() { p.up.CloseIdleConnections() }
 type exchange struct {
 	name       string
 	credential string // metric label: name once known
-	request    string // metric label: the Erply request name or "other"
+	request    string // the Erply request name if a plain name, else "other"
+	carriedOut bool   // Erply answered the call with errorCode 0
 	outcome    string
 	status     int
 	erplyCode  int
@@ -243,6 +250,7 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	p.serve(w, r, ex)
 
+	ex.request = p.labels.label(ex.request, ex.carriedOut)
 	p.metrics.requests.WithLabelValues(ex.credential, ex.request, ex.outcome).Inc()
 	p.metrics.duration.WithLabelValues(ex.credential, ex.outcome).Observe(p.clk.Now().Sub(start).Seconds())
 	if ev := p.log.Debug(); ev.Enabled() {
@@ -455,14 +463,12 @@ func (p *Proxy) relay(w http.ResponseWriter, ex *exchange, rep *reply) {
 	case rep.status.found && rep.status.errorCode != 0:
 		ex.outcome = outcomeErplyError
 		ex.erplyCode = int(rep.status.errorCode)
-		if ex.erplyCode == codeUnknownRequest {
-			ex.request = labelOther // Erply says no such call: keep the name out of the labels
-		}
 	case ex.retried:
 		ex.outcome = outcomeRetryOK
 	default:
 		ex.outcome = outcomeOK
 	}
+	ex.carriedOut = resp.StatusCode >= 200 && resp.StatusCode < 300 && rep.status.found && rep.status.errorCode == 0
 
 	h := w.Header()
 	for _, k := range relayedHeaders {
@@ -485,6 +491,3 @@ func (p *Proxy) relay(w http.ResponseWriter, ex *exchange, rep *reply) {
 
 // relayedHeaders are the reply headers passed to the caller.
 var relayedHeaders = []string{"Content-Type", "Content-Encoding", "Retry-After"}
-
-// codeUnknownRequest is Erply's "no such API call".
-const codeUnknownRequest = 1005

@@ -1,7 +1,6 @@
 package proxy
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -64,58 +63,168 @@ type replyStatus struct {
 }
 
 // inspect reads body until the top-level "status" member of the JSON
-// envelope has been decoded, the reply has ended, it is not a JSON object,
-// or limit bytes have been read. It returns every byte it read, unchanged,
-// so that head followed by the rest of body is exactly the reply. Erply
-// sends status first, so for a large reply only its first few hundred bytes
-// are held. A read error is left in body.err.
+// envelope has been read, the reply has ended, it is not a JSON object, or
+// limit bytes have been read. It returns every byte it read, unchanged, so
+// that head followed by the rest of body is exactly the reply. Erply sends
+// status first, so for a large reply only its first few hundred bytes are
+// held. The members before status are stepped over on the bytes read, not
+// decoded: what a reply holds costs nothing beyond the bytes held. A read
+// error is left in body.err.
 func inspect(body io.Reader, limit int64) (head []byte, st replyStatus) {
-	var buf bytes.Buffer
-	dec := json.NewDecoder(io.TeeReader(io.LimitReader(body, limit), &buf))
-	dec.UseNumber()
-	if tok, err := dec.Token(); err != nil || tok != json.Delim('{') {
-		return buf.Bytes(), st
-	}
-	for dec.More() {
-		tok, err := dec.Token()
+	buf := make([]byte, 0, min(limit, 4<<10))
+	var sc envelopeScan
+	for int64(len(buf)) < limit {
+		if len(buf) == cap(buf) {
+			buf = append(buf, make([]byte, min(int64(cap(buf)), limit-int64(cap(buf))))...)[:len(buf)]
+		}
+		n, err := body.Read(buf[len(buf):cap(buf)])
+		buf = buf[:len(buf)+n]
+		if done, v := sc.next(buf); done {
+			if v != nil {
+				st = decodeStatus(v)
+			}
+			return buf, st
+		}
 		if err != nil {
-			return buf.Bytes(), st
-		}
-		if key, _ := tok.(string); key == "status" {
-			var s struct {
-				ErrorCode       looseInt `json:"errorCode"`
-				RequestUnixTime looseInt `json:"requestUnixTime"`
-			}
-			if err := dec.Decode(&s); err != nil {
-				return buf.Bytes(), st
-			}
-			return buf.Bytes(), replyStatus{found: true, errorCode: int64(s.ErrorCode), serverTime: int64(s.RequestUnixTime)}
-		}
-		if err := skipValue(dec); err != nil {
-			return buf.Bytes(), st
+			break
 		}
 	}
-	return buf.Bytes(), st
+	return buf, st
 }
 
-// skipValue reads past one JSON value token by token, holding no copy of it.
-func skipValue(dec *json.Decoder) error {
-	depth := 0
+// decodeStatus reads the status object v; found is false when it is not
+// one.
+func decodeStatus(v []byte) replyStatus {
+	var s struct {
+		ErrorCode       looseInt `json:"errorCode"`
+		RequestUnixTime looseInt `json:"requestUnixTime"`
+	}
+	if len(v) == 0 || v[0] != '{' || json.Unmarshal(v, &s) != nil {
+		return replyStatus{}
+	}
+	return replyStatus{found: true, errorCode: int64(s.ErrorCode), serverTime: int64(s.RequestUnixTime)}
+}
+
+// envelopeScan finds the top-level "status" member in the growing start
+// of a reply, resuming where the last call stopped.
+type envelopeScan struct {
+	opened bool // the envelope's "{" was seen
+	sep    bool // a member ended: a "," or "}" is next
+	i      int  // where to go on from
+}
+
+// next looks at b (the reply so far). done is true when the search is
+// over: v is then the status member's value, or nil when there is none
+// (the envelope ended, or it is not a JSON object).
+func (sc *envelopeScan) next(b []byte) (done bool, v []byte) {
+	if !sc.opened {
+		j := skipSpace(b, 0)
+		if j == len(b) {
+			return false, nil
+		}
+		if b[j] != '{' {
+			return true, nil
+		}
+		sc.opened, sc.i = true, j+1
+	}
 	for {
-		tok, err := dec.Token()
-		if err != nil {
-			return err
+		j := skipSpace(b, sc.i)
+		if j == len(b) {
+			return false, nil
 		}
-		switch tok {
-		case json.Delim('{'), json.Delim('['):
-			depth++
-		case json.Delim('}'), json.Delim(']'):
-			depth--
+		if sc.sep {
+			switch b[j] {
+			case ',':
+				sc.sep, sc.i = false, j+1
+				continue
+			default: // "}", the end without a status, or not JSON
+				return true, nil
+			}
 		}
-		if depth == 0 {
-			return nil
+		if b[j] != '"' { // "}": an envelope without status; else not JSON
+			return true, nil
+		}
+		ke := stringEnd(b, j)
+		if ke < 0 {
+			return false, nil
+		}
+		c := skipSpace(b, ke)
+		if c == len(b) {
+			return false, nil
+		}
+		if b[c] != ':' {
+			return true, nil
+		}
+		vs := skipSpace(b, c+1)
+		if vs == len(b) {
+			return false, nil
+		}
+		ve := valueEnd(b, vs)
+		if ve < 0 {
+			return false, nil
+		}
+		if string(b[j+1:ke-1]) == "status" {
+			return true, b[vs:ve]
+		}
+		sc.sep, sc.i = true, ve
+	}
+}
+
+func skipSpace(b []byte, i int) int {
+	for i < len(b) && (b[i] == ' ' || b[i] == '\t' || b[i] == '\n' || b[i] == '\r') {
+		i++
+	}
+	return i
+}
+
+// stringEnd returns the offset just past the string starting at b[i], or
+// -1 when b ends first.
+func stringEnd(b []byte, i int) int {
+	for i++; i < len(b); i++ {
+		switch b[i] {
+		case '\\':
+			i++
+		case '"':
+			return i + 1
 		}
 	}
+	return -1
+}
+
+// valueEnd returns the offset just past the value starting at b[i], or -1
+// when b ends first. It counts brackets and skips strings; it does not
+// check the value (status is decoded for real once found).
+func valueEnd(b []byte, i int) int {
+	switch b[i] {
+	case '"':
+		return stringEnd(b, i)
+	case '{', '[':
+		depth := 0
+		for ; i < len(b); i++ {
+			switch b[i] {
+			case '"':
+				e := stringEnd(b, i)
+				if e < 0 {
+					return -1
+				}
+				i = e - 1
+			case '{', '[':
+				depth++
+			case '}', ']':
+				if depth--; depth == 0 {
+					return i + 1
+				}
+			}
+		}
+		return -1
+	}
+	for ; i < len(b); i++ {
+		switch b[i] {
+		case ',', '}', ']', ' ', '\t', '\n', '\r':
+			return i
+		}
+	}
+	return -1
 }
 
 // looseInt decodes a number that real Erply replies send either bare or

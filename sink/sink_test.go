@@ -38,7 +38,8 @@ func TestApply(t *testing.T) {
 	dir := t.TempDir()
 	posFile := filepath.Join(dir, "pos.key")
 	var logs bytes.Buffer
-	w := sink.New(zerolog.New(&logs).Level(zerolog.DebugLevel))
+	w := sink.New(sink.Options{Logger: zerolog.New(&logs).Level(zerolog.DebugLevel)})
+	t.Cleanup(w.Close)
 	w.SetTargets(map[string]sink.Target{"pos": {Path: posFile, Mode: 0o600}})
 
 	w.Apply(snap("pos", "key-one-0123456789"))

@@ -9,6 +9,7 @@ import (
 	"strconv"
 	"strings"
 	"time"
+	"unicode/utf8"
 )
 
 // Status is the "status" object of every Erply reply.
@@ -54,15 +55,17 @@ func (r *Reply) FirstRecord() (json.RawMessage, error) {
 	case recs[0] == '{':
 		return recs, nil
 	case recs[0] == '[':
-		var arr []json.RawMessage
-		if err := json.Unmarshal(recs, &arr); err != nil {
+		// Only the first record is read: a reply with a million records
+		// costs no more than one with one.
+		if !json.Valid(recs) {
 			return nil, badReply("records unreadable")
 		}
-		if len(arr) == 0 {
+		var first []byte
+		elements(recs, func(v []byte) bool { first = v; return false })
+		if first == nil {
 			return nil, badReply("no records")
 		}
-		first := bytes.TrimSpace(arr[0])
-		if len(first) == 0 || first[0] != '{' {
+		if first[0] != '{' {
 			return nil, badReply("record is not an object")
 		}
 		return first, nil
@@ -86,15 +89,16 @@ func (e *badReplyError) Unwrap() error { return ErrBadReply }
 // reply that cannot be read comes back as an error wrapping ErrBadReply.
 // The caller fills in Request and RetryAfter.
 func decodeReply(body []byte) (*Reply, error) {
-	var top map[string]json.RawMessage
-	if err := json.Unmarshal(body, &top); err != nil || top == nil {
+	top, err := pickFields(body, named("status", "records"))
+	if err != nil {
 		return nil, badReply("not a JSON object")
 	}
 	rawStatus, ok := top["status"]
 	if !ok {
 		return nil, badReply("no status")
 	}
-	sf, err := objectFields(rawStatus)
+	sf, err := pickFields(rawStatus, named("request", "errorField", "requestUnixTime", "generationTime",
+		"recordsTotal", "recordsInResponse", "responseStatus", "errorCode"))
 	if err != nil {
 		return nil, badReply("status is not an object")
 	}
@@ -137,7 +141,20 @@ func decodeSession(request string, r *Reply) (*Session, error) {
 	if err != nil {
 		return nil, err
 	}
-	f, err := objectFields(rec)
+	lists := 0
+	f, err := pickFields(rec, func(name, v []byte) bool {
+		switch string(name) {
+		case "sessionKey", "userName", "employeeName", "groupName", "token", "identityToken",
+			"sessionLength", "userID", "employeeID", "groupID":
+			return true
+		}
+		// A candidate endpoint list; at most MaxEndpointLists of them.
+		if len(v) > 0 && v[0] == '[' && lists < MaxEndpointLists {
+			lists++
+			return true
+		}
+		return false
+	})
 	if err != nil {
 		return nil, badReply("record is not an object")
 	}
@@ -182,7 +199,7 @@ func unreadableIDs(r *Reply) []string {
 	if err != nil {
 		return nil
 	}
-	f, err := objectFields(rec)
+	f, err := pickFields(rec, named("userID", "employeeID", "groupID"))
 	if err != nil {
 		return nil
 	}
@@ -208,23 +225,8 @@ func endpointLists(f fields) map[string][]Endpoint {
 		if len(raw) == 0 || raw[0] != '[' {
 			continue
 		}
-		var arr []json.RawMessage
-		if json.Unmarshal(raw, &arr) != nil {
-			continue
-		}
-		if len(arr) == 0 && !strings.HasSuffix(name, "URLs") {
-			continue
-		}
-		eps := make([]Endpoint, 0, len(arr))
-		for _, rec := range arr {
-			ep, ok := decodeEndpoint(rec)
-			if !ok {
-				eps = nil
-				break
-			}
-			eps = append(eps, ep)
-		}
-		if eps == nil {
+		eps, ok := decodeEndpointList(raw)
+		if !ok || len(eps) == 0 && !strings.HasSuffix(name, "URLs") {
 			continue
 		}
 		if lists == nil {
@@ -235,8 +237,30 @@ func endpointLists(f fields) map[string][]Endpoint {
 	return lists
 }
 
+// decodeEndpointList reads a list's records one at a time; false when one
+// is not an endpoint or there are more than MaxEndpoints.
+func decodeEndpointList(raw []byte) ([]Endpoint, bool) {
+	if len(raw) == 0 || raw[0] != '[' {
+		return nil, false
+	}
+	eps, ok := []Endpoint{}, true
+	elements(raw, func(v []byte) bool {
+		var ep Endpoint
+		if len(eps) == MaxEndpoints {
+			ok = false
+		} else if ep, ok = decodeEndpoint(v); ok {
+			eps = append(eps, ep)
+		}
+		return ok
+	})
+	if !ok {
+		return nil, false
+	}
+	return eps, true
+}
+
 func decodeEndpoint(raw json.RawMessage) (Endpoint, bool) {
-	f, err := objectFields(raw)
+	f, err := pickFields(raw, named("url", "token", "target", "port", "priority", "weight"))
 	if err != nil {
 		return Endpoint{}, false
 	}
@@ -266,7 +290,7 @@ func decodeSessionKeyInfo(r *Reply) (*SessionKeyInfo, error) {
 	if err != nil {
 		return nil, err
 	}
-	f, err := objectFields(rec)
+	f, err := pickFields(rec, named("creationUnixTime", "expireUnixTime"))
 	if err != nil {
 		return nil, badReply("record is not an object")
 	}
@@ -295,7 +319,7 @@ func decodeJWT(r *Reply, field string) (*JWT, error) {
 	if err != nil {
 		return nil, err
 	}
-	f, err := objectFields(rec)
+	f, err := pickFields(rec, named(field))
 	if err != nil {
 		return nil, badReply("record is not an object")
 	}
@@ -320,7 +344,7 @@ func jwtExpiry(tok string) time.Time {
 	if err != nil {
 		return time.Time{}
 	}
-	f, err := objectFields(payload)
+	f, err := pickFields(payload, named("exp"))
 	if err != nil {
 		return time.Time{}
 	}
@@ -347,6 +371,140 @@ func objectFields(raw []byte) (fields, error) {
 		return nil, errNotObject
 	}
 	return f, nil
+}
+
+// Bounds on what a session reply may make the daemon hold. Erply's lists
+// have a handful of endpoints; a longer one, or a record with more list
+// fields, is a broken or hostile reply, and what is past the bound is left
+// out rather than failing the login.
+const (
+	// MaxEndpoints is the most records an endpoint list may have; a longer
+	// list is left out.
+	MaxEndpoints = 256
+	// MaxEndpointLists is the most array fields of a session record looked
+	// at as endpoint lists.
+	MaxEndpointLists = 64
+)
+
+// pickFields reads a JSON object member by member and keeps the members
+// keep accepts (given each member's name, unescaped, and its value as
+// sent), so that an object with countless or huge members costs no more
+// than the members kept: the members are walked over the bytes, without a
+// decoder's allocations, and kept values are slices of raw, not copies.
+// As with json.Unmarshal into a map, a repeated name keeps its last value.
+func pickFields(raw []byte, keep func(name, value []byte) bool) (fields, error) {
+	raw = bytes.TrimSpace(raw)
+	if len(raw) == 0 || raw[0] != '{' || !json.Valid(raw) {
+		return nil, errNotObject
+	}
+	f := fields{}
+	members(raw, func(name, value []byte) {
+		if keep(name, value) {
+			f[string(name)] = value
+		} else {
+			delete(f, string(name)) // a later member of a name replaces an earlier one
+		}
+	})
+	return f, nil
+}
+
+// named keeps the members with the given names.
+func named(names ...string) func(name, value []byte) bool {
+	return func(name, _ []byte) bool {
+		for _, n := range names {
+			if string(name) == n {
+				return true
+			}
+		}
+		return false
+	}
+}
+
+// The walkers below take valid JSON (json.Valid has said so) and allocate
+// nothing but an escaped member name.
+
+// members calls f with each member of the object b, its name unescaped.
+func members(b []byte, f func(name, value []byte)) {
+	i := skipSpace(b, 1)
+	for i < len(b) && b[i] == '"' {
+		end := stringEnd(b, i)
+		name := b[i+1 : end-1]
+		if bytes.IndexByte(name, '\\') >= 0 || !utf8.Valid(name) {
+			// As json.Unmarshal reads it: escapes undone, bad UTF-8 as U+FFFD.
+			var s string
+			_ = json.Unmarshal(b[i:end], &s)
+			name = []byte(s)
+		}
+		i = skipSpace(b, skipSpace(b, end)+1) // past the colon
+		vend := valueEnd(b, i)
+		f(name, b[i:vend])
+		i = skipSpace(b, vend)
+		if i < len(b) && b[i] == ',' {
+			i = skipSpace(b, i+1)
+		}
+	}
+}
+
+// elements calls f with each element of the array b until f returns false.
+func elements(b []byte, f func(value []byte) bool) {
+	i := skipSpace(b, 1)
+	for i < len(b) && b[i] != ']' {
+		end := valueEnd(b, i)
+		if !f(b[i:end]) {
+			return
+		}
+		i = skipSpace(b, end)
+		if i < len(b) && b[i] == ',' {
+			i = skipSpace(b, i+1)
+		}
+	}
+}
+
+func skipSpace(b []byte, i int) int {
+	for i < len(b) && (b[i] == ' ' || b[i] == '\t' || b[i] == '\n' || b[i] == '\r') {
+		i++
+	}
+	return i
+}
+
+// stringEnd returns the offset just past the string starting at b[i].
+func stringEnd(b []byte, i int) int {
+	for i++; i < len(b); i++ {
+		switch b[i] {
+		case '\\':
+			i++
+		case '"':
+			return i + 1
+		}
+	}
+	return len(b)
+}
+
+// valueEnd returns the offset just past the value starting at b[i].
+func valueEnd(b []byte, i int) int {
+	switch b[i] {
+	case '"':
+		return stringEnd(b, i)
+	case '{', '[':
+		depth := 0
+		for ; i < len(b); i++ {
+			switch b[i] {
+			case '"':
+				i = stringEnd(b, i) - 1
+			case '{', '[':
+				depth++
+			case '}', ']':
+				if depth--; depth == 0 {
+					return i + 1
+				}
+			}
+		}
+		return len(b)
+	}
+	for i < len(b) && b[i] != ',' && b[i] != '}' && b[i] != ']' && b[i] != ' ' && b[i] != '\t' && b[i] != '\n' && b[i] != '\r' {
+		i++
+	}
+	return i
 }
 
 func (f fields) has(name string) bool {

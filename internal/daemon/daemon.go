@@ -69,6 +69,12 @@ type Options struct {
 	// EnvWatchInterval is how often SESSIOND_ENV_FILE_WATCH looks at the env
 	// file (default envwatch.DefaultInterval).
 	EnvWatchInterval time.Duration
+	// ShutdownLoginGrace is how long, once Run's context ends, the logins
+	// still running may go on (one that completes is installed, and saved
+	// for the next start with a state directory) before they are cancelled
+	// so that requests waiting for them get 503 within ShutdownTimeout.
+	// Default ShutdownTimeout / 2.
+	ShutdownLoginGrace time.Duration
 }
 
 // Daemon is one running instance of erply-sessiond. Make it with New, serve
@@ -96,6 +102,8 @@ type Daemon struct {
 	ready      atomic.Bool
 	lastReload atomic.Pointer[localapi.ReloadStatus]
 
+	tcpSessions bool // SESSIOND_HTTP_SESSIONS as at start: the TCP listener's setting until a restart
+
 	mu       sync.Mutex // serialises reloads; guards the fields below
 	cfg      *config.Config
 	httpAddr string
@@ -114,7 +122,10 @@ func New(cfg *config.Config, o Options) (*Daemon, error) {
 	if o.Registry == nil {
 		o.Registry = prometheus.NewRegistry()
 	}
-	d := &Daemon{opts: o, clk: o.Clock, cfg: cfg, getenv: lookup(o.Environ)}
+	if o.ShutdownLoginGrace <= 0 || o.ShutdownLoginGrace > ShutdownTimeout {
+		o.ShutdownLoginGrace = ShutdownTimeout / 2
+	}
+	d := &Daemon{opts: o, clk: o.Clock, cfg: cfg, getenv: lookup(o.Environ), tcpSessions: cfg.HTTPSessions}
 	d.level = newLevelWriter(o.LogOutput, cfg.LogFormat)
 	d.level.setLevel(cfg.LogLevel)
 	// The writer is also the sampler: events below the current level are
@@ -133,7 +144,7 @@ func New(cfg *config.Config, o Options) (*Daemon, error) {
 	}
 
 	upOpts := o.Upstream
-	upOpts.Logger = d.log.With().Str("component", "upstream").Logger()
+	upOpts.Logger = d.log // labelled component=upstream by upstream.New
 	upOpts.Registerer = reg
 	upOpts.UserAgent = "erply-sessiond/" + o.Version
 	if upOpts.Clock == nil {
@@ -179,7 +190,7 @@ func New(cfg *config.Config, o Options) (*Daemon, error) {
 		return nil, err
 	}
 
-	d.sinks = sink.New(d.log)
+	d.sinks = sink.New(sink.Options{Logger: d.log, Clock: d.clk, Registerer: reg})
 	d.sinks.SetTargets(sinkTargets(cfg))
 	px := proxy.New(proxy.Options{
 		Sessions: p, Clock: d.clk, Logger: d.log, Registerer: reg,
@@ -189,7 +200,7 @@ func New(cfg *config.Config, o Options) (*Daemon, error) {
 		Sessions: p, Clock: d.clk, Logger: d.log.With().Str("component", "localapi").Logger(),
 		Registerer: reg, Gatherer: reg,
 		EndpointCooldown: cfg.EndpointCooldown, TCPSessions: cfg.HTTPSessions,
-		LastReload: d.lastReload.Load, Proxy: px, Rotator: d.rot,
+		LastReload: d.lastReload.Load, Proxy: px, Rotator: d.rot, SinkError: d.sinks.Failing,
 		FleetStatus: func(name string) (string, string) {
 			mode, why := d.fleet.Status(name) // a nil Fleet answers "off"
 			return string(mode), why
@@ -256,6 +267,7 @@ func (d *Daemon) Run(ctx context.Context) error {
 	if d.fleet != nil {
 		defer d.fleet.Close() // after the pool's Close: logins still running release their locks
 	}
+	defer d.sinks.Close() // after the pool and the subscriptions: no Apply comes later
 	defer d.pool.Close()
 	defer d.rot.Close() // before the pool: a change already sent to Erply finishes
 	defer func() {
@@ -306,6 +318,7 @@ func (d *Daemon) Run(ctx context.Context) error {
 	}
 	d.log.Info().Str("version", d.opts.Version).Str("socket", unixL.Addr().String()).Str("httpAddr", d.HTTPAddr()).
 		Int("credentials", len(cfg.Credentials)).Msg("serving")
+	d.logTCP(d.HTTPAddr(), cfg.Credentials)
 
 	g.Go(func() error {
 		if err := d.pool.Open(gctx); err != nil {
@@ -330,9 +343,7 @@ func (d *Daemon) Run(ctx context.Context) error {
 		<-gctx.Done()
 		d.notifier.Stopping()
 		d.log.Info().Msg("shutting down")
-		sctx, cancel := context.WithTimeout(context.Background(), ShutdownTimeout)
-		defer cancel()
-		return d.api.Shutdown(sctx)
+		return d.shutdownAPI()
 	})
 	err = g.Wait()
 	if err != nil && ctx.Err() == nil {
@@ -340,6 +351,51 @@ func (d *Daemon) Run(ctx context.Context) error {
 	}
 	d.log.Info().Msg("stopped")
 	return nil
+}
+
+// shutdownAPI stops the local API: no new connections, requests in flight
+// finish within ShutdownTimeout. A request still waiting for a login once
+// Options.ShutdownLoginGrace has passed gets 503: the logins are cancelled
+// then, rather than its connection closed when the time is up.
+func (d *Daemon) shutdownAPI() error {
+	ctx, cancel := context.WithTimeout(context.Background(), ShutdownTimeout)
+	defer cancel()
+	stopped := make(chan error, 1)
+	go func() { stopped <- d.api.Shutdown(ctx) }()
+	grace := time.NewTimer(d.opts.ShutdownLoginGrace)
+	defer grace.Stop()
+	select {
+	case err := <-stopped:
+		return err
+	case <-grace.C:
+	}
+	d.log.Info().Msg("requests still wait for logins: cancelling the logins so that they are answered 503")
+	d.pool.Close()
+	return <-stopped
+}
+
+// logTCP says what the TCP listener at addr serves: health, readiness
+// and metrics only, or also the sessions of the credentials without
+// ALLOW_UIDS or ALLOW_GIDS (TCP has no peer credentials: the restricted
+// ones are served on the socket only).
+func (d *Daemon) logTCP(addr string, creds []config.Credential) {
+	if addr == "" {
+		return
+	}
+	if !d.tcpSessions {
+		d.log.Info().Str("httpAddr", addr).Msg("the TCP listener serves health, readiness and metrics only")
+		return
+	}
+	tcp, socketOnly := []string{}, []string{}
+	for _, c := range creds {
+		if len(c.AllowUIDs) == 0 && len(c.AllowGIDs) == 0 {
+			tcp = append(tcp, c.Name)
+		} else {
+			socketOnly = append(socketOnly, c.Name)
+		}
+	}
+	d.log.Info().Str("httpAddr", addr).Strs("credentials", tcp).Strs("socketOnly", socketOnly).
+		Msg("the TCP listener serves these credentials' sessions (loopback Host and header " + localapi.RequestHeader + ": 1 required); those with ALLOW_UIDS or ALLOW_GIDS only on the socket")
 }
 
 // HTTPAddr is the address the TCP listener bound, "" without
@@ -477,5 +533,8 @@ func (d *Daemon) Reload() error {
 		names[i] = c.Name
 	}
 	d.log.Info().Strs("credentials", names).Msg("configuration reloaded")
+	// The listener keeps its start-up settings; the credentials it serves
+	// follow the new configuration.
+	d.logTCP(d.httpAddr, cfg.Credentials)
 	return nil
 }

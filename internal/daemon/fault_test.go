@@ -1,11 +1,19 @@
 package daemon_test
 
 import (
+	"bytes"
+	"context"
 	"encoding/json"
 	"fmt"
+	"io"
+	"net"
 	"net/http"
+	"net/http/httptest"
 	"net/url"
 	"os"
+	"path/filepath"
+	"runtime"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -15,6 +23,7 @@ import (
 
 	"github.com/erply-sessiond/erply-sessiond/clock"
 	"github.com/erply-sessiond/erply-sessiond/internal/faultproxy"
+	"github.com/erply-sessiond/erply-sessiond/internal/sessiondtest"
 	"github.com/erply-sessiond/erply-sessiond/pool"
 	"github.com/erply-sessiond/erply-sessiond/upstream"
 	"github.com/erply-sessiond/erply-sessiond/upstream/erplytest"
@@ -586,4 +595,332 @@ func TestFaultClockJump(t *testing.T) {
 			t.Fatalf("%d logins in 2 h, want 2 or 3", n)
 		}
 	})
+}
+
+// Hostile upstream: replies a broken or hostile Erply could send (issue
+// 16). Each case reports the logins, JWT renewals and peak RSS it saw.
+// The in-process cases' RSS is the test process's (race-instrumented under
+// -race), for information; the proxied-reply case runs the built daemon as
+// a process and checks its RSS against the Kubernetes limit.
+
+// hostileFront serves the fake Erply with some replies rewritten, and
+// some requests answered by a reply of its own.
+type hostileFront struct {
+	fake    *erplytest.Server
+	srv     *httptest.Server
+	mu      sync.Mutex
+	rewrite map[string]func([]byte) []byte     // by request name: the fake's reply, changed
+	stream  map[string]func(w io.Writer) error // by request name: a reply of its own
+}
+
+func newHostileFront(t *testing.T, fake *erplytest.Server) *hostileFront {
+	h := &hostileFront{fake: fake, rewrite: map[string]func([]byte) []byte{}, stream: map[string]func(io.Writer) error{}}
+	h.srv = httptest.NewServer(http.HandlerFunc(h.serve))
+	t.Cleanup(h.srv.Close)
+	return h
+}
+
+// rewriteReply passes the fake's replies to request through f.
+func (h *hostileFront) rewriteReply(request string, f func([]byte) []byte) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	h.rewrite[request] = f
+}
+
+// streamReply answers request with what f writes instead of the fake.
+func (h *hostileFront) streamReply(request string, f func(io.Writer) error) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	h.stream[request] = f
+}
+
+// apiURL is the API URL template of the front.
+func (h *hostileFront) apiURL() string { return h.srv.URL + "/{clientCode}/api/" }
+
+func (h *hostileFront) serve(w http.ResponseWriter, r *http.Request) {
+	body, _ := io.ReadAll(r.Body)
+	form, _ := url.ParseQuery(string(body))
+	h.mu.Lock()
+	rewrite, stream := h.rewrite[form.Get("request")], h.stream[form.Get("request")]
+	h.mu.Unlock()
+	if stream != nil {
+		w.Header().Set("Content-Type", "application/json")
+		_ = stream(w)
+		return
+	}
+	r.Body = io.NopCloser(bytes.NewReader(body))
+	rec := httptest.NewRecorder()
+	h.fake.Handler().ServeHTTP(rec, r)
+	out := rec.Body.Bytes()
+	if rewrite != nil && rec.Code == http.StatusOK {
+		out = rewrite(out)
+	}
+	for k, v := range rec.Header() {
+		w.Header()[k] = v
+	}
+	w.Header().Set("Content-Length", strconv.Itoa(len(out)))
+	w.WriteHeader(rec.Code)
+	_, _ = w.Write(out)
+}
+
+// peakRSS is the process's peak resident set size (VmHWM) in bytes; 0 when
+// /proc cannot say.
+func peakRSS(pid string) uint64 {
+	b, err := os.ReadFile("/proc/" + pid + "/status")
+	if err != nil {
+		return 0
+	}
+	for l := range strings.Lines(string(b)) {
+		if v, ok := strings.CutPrefix(l, "VmHWM:"); ok {
+			kb, _ := strconv.ParseUint(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(v), "kB")), 10, 64)
+			return kb << 10
+		}
+	}
+	return 0
+}
+
+// resetPeakRSS starts this process's VmHWM again from its current RSS.
+func resetPeakRSS() { _ = os.WriteFile("/proc/self/clear_refs", []byte("5"), 0) }
+
+func mib(b uint64) string { return strconv.FormatFloat(float64(b)/(1<<20), 'f', 1, 64) + " MiB" }
+
+// startHostile starts the daemon with pos alone (SESSION_LENGTH length)
+// talking to the fake through a hostile front.
+func startHostile(t *testing.T, length string, setup func(d *testDaemon, h *hostileFront)) (*testDaemon, *hostileFront) {
+	t.Helper()
+	var front *hostileFront
+	d := startDaemon(t, daemonOptions{
+		env: map[string]string{"SESSIOND_CREDENTIALS": "pos", "SESSIOND_CASHIER_KIND": "", "SESSIOND_CASHIER_PARENT": "",
+			"SESSIOND_CASHIER_PIN": "", "SESSIOND_POS_SESSION_LENGTH": length, "SESSIOND_LOG_LEVEL": "info"},
+		setup: func(d *testDaemon) {
+			front = newHostileFront(t, d.fake)
+			d.env["SESSIOND_API_URL"] = front.apiURL()
+			if setup != nil {
+				setup(d, front)
+			}
+		},
+	})
+	return d, front
+}
+
+// TestFaultHostileLengths: a sessionLength that overflows a time.Duration
+// (1e12 s: an expiry in 2149, never refreshed) or wraps it (18446744074 s:
+// 290 ms, 666 logins in 90 s) is trusted only up to what was asked: 1 h
+// sessions refreshed on schedule, 2 or 3 logins in 2 h.
+func TestFaultHostileLengths(t *testing.T) {
+	for _, length := range []string{"1000000000000", "18446744074"} {
+		t.Run(length, func(t *testing.T) {
+			resetPeakRSS()
+			d, _ := startHostile(t, "3600", func(d *testDaemon, h *hostileFront) {
+				h.rewriteReply("verifyUser", func(b []byte) []byte {
+					return bytes.Replace(b, []byte(`"sessionLength":3600`), []byte(`"sessionLength":`+length), 1)
+				})
+			})
+			start := d.fake.Calls("verifyUser")
+			for range 2 * 60 * 2 { // 2 h, a read every 30 s
+				d.clk.Advance(30 * time.Second)
+				if k := d.key("pos"); !d.fake.SessionValid(k) {
+					t.Fatalf("at %v: served a dead key", d.clk.Now())
+				}
+			}
+			logins := d.fake.Calls("verifyUser") - start
+			t.Logf("sessionLength %s for 2 h: %d logins, %d JWT renewals, peak RSS %s (test process)",
+				length, logins, d.fake.Calls("getJwtToken")+d.fake.Calls("getIdentityToken"), mib(peakRSS("self")))
+			if logins < 2 || logins > 3 {
+				t.Fatalf("%d logins in 2 h, want 2 or 3 (1 h sessions refreshed at about 0.67)", logins)
+			}
+		})
+	}
+}
+
+// TestFaultHostileShortSessionsWithJWTs: 6 s sessions with 3 s JWTs, a
+// reader every 100 ms for a minute. Before, short sessions spun: JWT
+// renewals looped without pause (1,500 getJwtToken+getIdentityToken pairs
+// a second with 3 s sessions) and 1 s sessions made 596 logins a second.
+// Now at most one login per third of a lifetime, and each JWT is renewed
+// at most once: two JWTs a session, each renewed about every 3 s.
+func TestFaultHostileShortSessionsWithJWTs(t *testing.T) {
+	resetPeakRSS()
+	d, _ := startHostile(t, "6", func(d *testDaemon, _ *hostileFront) { d.fake.SetJWTLifetime(3 * time.Second) })
+	logins0, jwt0, idt0 := d.fake.Calls("verifyUser"), d.fake.Calls("getJwtToken"), d.fake.Calls("getIdentityToken")
+	for range 600 {
+		d.clk.Advance(100 * time.Millisecond)
+		code, body := d.get("/v1/sessions/pos/key")
+		if code == http.StatusOK && !d.fake.SessionValid(strings.TrimSpace(body)) {
+			t.Fatalf("at %v: served a dead key", d.clk.Now())
+		}
+	}
+	logins := d.fake.Calls("verifyUser") - logins0
+	renewals := d.fake.Calls("getJwtToken") - jwt0 + d.fake.Calls("getIdentityToken") - idt0
+	t.Logf("6 s sessions with 3 s JWTs for 60 s: %d logins, %d JWT renewals, peak RSS %s (test process)", logins, renewals, mib(peakRSS("self")))
+	if logins > 30 || renewals > 4*logins+4 {
+		t.Fatalf("%d logins and %d JWT renewals in 60 s, want at most 30 logins (one per 2 s) and 4 renewals per session (2 JWTs, each renewed once per 3 s)", logins, renewals)
+	}
+}
+
+// TestFaultHostileHugeRecords: a login reply of about 3 MB with 10^6
+// records and an endpoint list of 20,000 in the first (before: RSS 141
+// MB). The login works; a list past upstream.MaxEndpoints is left out.
+func TestFaultHostileHugeRecords(t *testing.T) {
+	resetPeakRSS()
+	d, _ := startHostile(t, "3600", func(d *testDaemon, h *hostileFront) {
+		h.rewriteReply("verifyUser", func(b []byte) []byte {
+			i := bytes.LastIndex(b, []byte("}]}")) // the end of the first (only) record
+			if i < 0 {
+				return b
+			}
+			var junk bytes.Buffer
+			junk.WriteString(`,"junkURLs":[`)
+			for n := range 20_000 {
+				if n > 0 {
+					junk.WriteByte(',')
+				}
+				junk.WriteString(`{"url":"https://x.example/","priority":1,"weight":1}`)
+			}
+			junk.WriteString(`]}`)
+			junk.WriteString(strings.Repeat(",1", 1_000_000))
+			return slices.Concat(b[:i], junk.Bytes(), []byte("]}"))
+		})
+	})
+	if k := d.key("pos"); !d.fake.SessionValid(k) {
+		t.Fatal("no live key after a 3 MB login reply")
+	}
+	if code, _ := d.get("/v1/sessions/pos/endpoints/junkURLs"); code != http.StatusNotFound {
+		t.Fatalf("the 20,000-endpoint list answered %d, want 404 (left out)", code)
+	}
+	var after runtime.MemStats
+	runtime.GC()
+	runtime.ReadMemStats(&after)
+	t.Logf("a %d-record login reply: %d logins, %d JWT renewals, peak RSS %s (test process), Go heap %s after",
+		1_000_001, d.fake.Calls("verifyUser"), d.fake.Calls("getJwtToken")+d.fake.Calls("getIdentityToken"), mib(peakRSS("self")), mib(after.HeapAlloc))
+}
+
+// hugeRecords rewrites a login reply so that its records hold a million
+// elements after the first record, about 2 MB more.
+func hugeRecords(b []byte) []byte {
+	i := bytes.LastIndex(b, []byte("]}"))
+	if i < 0 {
+		return b
+	}
+	return slices.Concat(b[:i], []byte(strings.Repeat(",1", 1_000_000)), b[i:])
+}
+
+// hugeReply streams a reply of about size bytes whose status comes last.
+func hugeReply(size int) func(w io.Writer) error {
+	var chunk bytes.Buffer
+	for chunk.Len() < 32<<10 {
+		chunk.WriteString(`{"productID":1,"name":"a record that is not small"},`)
+	}
+	return func(w io.Writer) error {
+		if _, err := io.WriteString(w, `{"records":[`); err != nil {
+			return err
+		}
+		for n := 0; n < size; n += chunk.Len() {
+			if _, err := w.Write(chunk.Bytes()); err != nil {
+				return err
+			}
+		}
+		_, err := io.WriteString(w, `{"productID":2}],"status":{"request":"getHugeReport","responseStatus":"ok","errorCode":0}}`)
+		return err
+	}
+}
+
+// TestFaultHostileRSS runs the built daemon as a process, with GOMEMLIMIT
+// at the Kubernetes manifest's memory limit (64 MiB) as the manifest sets
+// it, logs in through a reply of 10^6 records, and proxies ten replies of
+// 8 MiB at once whose status comes last (FAULT_FULL=1: 100 MiB each, the
+// case the issue measured at about 1.26 GB; 8 MiB already proves the
+// streaming: ten held replies would be 80 MiB). Its peak RSS stays within
+// the limit.
+func TestFaultHostileRSS(t *testing.T) {
+	const limit = 64 << 20 // deploy/kubernetes/sidecar.yaml: limits.memory
+	size := 8 << 20
+	if os.Getenv("FAULT_FULL") == "1" {
+		size = 100 << 20
+	}
+	ctx := t.Context()
+	bin, err := sessiondtest.Build(ctx, t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	fake := erplytest.New(clock.Real{})
+	t.Cleanup(fake.Close)
+	front := newHostileFront(t, fake)
+	front.rewriteReply("verifyUser", hugeRecords)
+	front.streamReply("getHugeReport", hugeReply(size))
+	env := []string{"GOMEMLIMIT=64MiB", "SESSIOND_API_URL=" + front.apiURL()}
+	for _, kv := range sessiondtest.DemoEnv(fake) {
+		if !strings.HasPrefix(kv, "SESSIOND_API_URL=") && !strings.HasPrefix(kv, "SESSIOND_LOG_LEVEL=") {
+			env = append(env, kv)
+		}
+	}
+	dir, err := os.MkdirTemp("", "sd")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	d, err := sessiondtest.Start(ctx, sessiondtest.Options{Binary: bin, Env: env, Socket: filepath.Join(dir, "s.sock")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if err := d.Stop(); err != nil {
+			t.Error(err)
+		}
+	})
+	pid := strconv.Itoa(d.Pid())
+	ready := peakRSS(pid)
+
+	hc := &http.Client{Transport: &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+		var nd net.Dialer
+		return nd.DialContext(ctx, "unix", d.Socket)
+	}}}
+	defer hc.CloseIdleConnections()
+	const callers = 10
+	errs := make(chan error, callers)
+	for range callers {
+		go func() {
+			resp, err := hc.Post("http://sessiond/v1/sessions/pos/api", "application/x-www-form-urlencoded", strings.NewReader("request=getHugeReport"))
+			if err != nil {
+				errs <- err
+				return
+			}
+			defer resp.Body.Close()
+			tail := &tailWriter{}
+			n, err := io.Copy(tail, resp.Body)
+			switch {
+			case err != nil:
+				errs <- err
+			case resp.StatusCode != http.StatusOK || n < int64(size) || !bytes.HasSuffix(tail.b, []byte(`"errorCode":0}}`)):
+				errs <- fmt.Errorf("status %d, %d bytes ending %q", resp.StatusCode, n, tail.b)
+			default:
+				errs <- nil
+			}
+		}()
+	}
+	for range callers {
+		if err := <-errs; err != nil {
+			t.Fatalf("a proxied call: %v", err)
+		}
+	}
+	peak := peakRSS(pid)
+	t.Logf("the daemon process: %d logins (one reply of 10^6 records), %d JWT renewals, %d proxied replies of %d MiB with status last at once: peak RSS %s (%s when ready)",
+		fake.Calls("verifyUser"), fake.Calls("getJwtToken")+fake.Calls("getIdentityToken"), callers, size>>20, mib(peak), mib(ready))
+	if peak == 0 {
+		t.Skip("no VmHWM in /proc: cannot measure")
+	}
+	if peak > limit {
+		t.Fatalf("peak RSS %s, over the %s limit", mib(peak), mib(limit))
+	}
+}
+
+// tailWriter keeps the last bytes written to it.
+type tailWriter struct{ b []byte }
+
+func (w *tailWriter) Write(p []byte) (int, error) {
+	w.b = append(w.b, p...)
+	if len(w.b) > 256 {
+		w.b = append(w.b[:0], w.b[len(w.b)-256:]...)
+	}
+	return len(p), nil
 }

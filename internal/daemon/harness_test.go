@@ -77,6 +77,8 @@ type daemonOptions struct {
 	restartOf *testDaemon
 	// envWatch is the daemon's Options.EnvWatchInterval.
 	envWatch time.Duration
+	// tune, when set, adjusts the daemon's Options before New.
+	tune func(*daemon.Options)
 }
 
 var testStart = time.Date(2026, 11, 23, 8, 0, 0, 0, time.UTC)
@@ -153,8 +155,12 @@ func startDaemon(t *testing.T, o daemonOptions) *testDaemon {
 	up.Clock = clk
 	ready := make(chan struct{})
 	d.ready = ready
-	d.dm, err = daemon.New(cfg, daemon.Options{Environ: environ, LogOutput: d.logs, Clock: clk, Upstream: up,
-		Registry: d.reg, Version: "test", Ready: func() { close(ready) }, EnvWatchInterval: o.envWatch})
+	dopts := daemon.Options{Environ: environ, LogOutput: d.logs, Clock: clk, Upstream: up,
+		Registry: d.reg, Version: "test", Ready: func() { close(ready) }, EnvWatchInterval: o.envWatch}
+	if o.tune != nil {
+		o.tune(&dopts)
+	}
+	d.dm, err = daemon.New(cfg, dopts)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -76,7 +76,10 @@ func TestSinkFiles(t *testing.T) {
 // after each rotation the file holds the new key, live at Erply.
 func TestSinkAtomicUnderRotation(t *testing.T) {
 	var sink string
-	d := startDaemon(t, daemonOptions{setup: func(d *testDaemon) {
+	// pos alone: a pin on it would find each dropped key dead too and
+	// replace it from its own goroutine, racing the caller's report.
+	d := startDaemon(t, daemonOptions{env: map[string]string{"SESSIOND_CREDENTIALS": "pos",
+		"SESSIOND_CASHIER_KIND": "", "SESSIOND_CASHIER_PARENT": "", "SESSIOND_CASHIER_PIN": ""}, setup: func(d *testDaemon) {
 		sink = filepath.Join(d.dir, "pos.key")
 		d.env["SESSIOND_POS_SINK_FILE"] = sink
 	}})
@@ -89,7 +92,6 @@ func TestSinkAtomicUnderRotation(t *testing.T) {
 		errors []string
 	}
 	var stop atomic.Bool
-	var last atomic.Pointer[string]
 	done := make(chan result)
 	go func() {
 		var r result
@@ -104,7 +106,6 @@ func TestSinkAtomicUnderRotation(t *testing.T) {
 			if v := string(b); v != prev {
 				r.seen = append(r.seen, v)
 				prev = v
-				last.Store(&v)
 			}
 		}
 		done <- r
@@ -112,6 +113,11 @@ func TestSinkAtomicUnderRotation(t *testing.T) {
 
 	const rotations = 100
 	for i := range rotations {
+		// Each rotation: Erply drops the key, a caller reports it. (A live
+		// key reported over and over makes no login past the bound on
+		// forced logins; a dead one at least pool.ForcedEvery old does.)
+		d.fake.DeleteSession(key)
+		d.clk.Advance(pool.ForcedEvery)
 		s, err := d.client.Invalidate(t.Context(), "pos", key)
 		if err != nil || s.SessionKey == key {
 			stop.Store(true)
@@ -125,10 +131,12 @@ func TestSinkAtomicUnderRotation(t *testing.T) {
 			<-done
 			t.Fatalf("rotation %d: sink = %q (%v), want the new key", i, b, err)
 		}
-		if p := last.Load(); p != nil && !d.fake.SessionValid(strings.TrimSuffix(*p, "\n")) {
+		// The reader may still hold the key just dropped; the file holds
+		// the new one, live at Erply.
+		if !d.fake.SessionValid(key) {
 			stop.Store(true)
 			<-done
-			t.Fatalf("rotation %d: the reader's latest read is not a live session at Erply", i)
+			t.Fatalf("rotation %d: the sink's new key is not a live session at Erply", i)
 		}
 	}
 	stop.Store(true)

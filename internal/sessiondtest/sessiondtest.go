@@ -159,6 +159,9 @@ func awaitReady(c *net.UnixConn) error {
 	}
 }
 
+// Pid is the daemon process's id (for reading /proc/PID, say).
+func (d *Daemon) Pid() int { return d.cmd.Process.Pid }
+
 // Logs returns what the daemon has logged so far.
 func (d *Daemon) Logs() string { return d.logs.String() }
 
