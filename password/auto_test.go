@@ -129,7 +129,11 @@ func TestNeverTwiceInFlight(t *testing.T) {
 			})
 		}})
 	d.open() // the login says expired: an automatic rotation starts
-	<-entered
+	select {
+	case <-entered:
+	case <-time.After(10 * time.Second):
+		t.Fatal("no automatic rotation started after a login that said the password expired")
+	}
 	status, body := d.do(http.MethodPost, "/v1/sessions/pos/rotate-password")
 	if eb := decode[errorBody](t, body); status != http.StatusConflict || eb.Error != "rotation_in_flight" {
 		t.Fatalf("rotate during another = %d %s", status, body)

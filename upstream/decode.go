@@ -145,7 +145,7 @@ func decodeSession(request string, r *Reply) (*Session, error) {
 	f, err := pickFields(rec, func(name, v []byte) bool {
 		switch string(name) {
 		case "sessionKey", "userName", "employeeName", "groupName", "token", "identityToken",
-			"sessionLength", "userID", "employeeID", "groupID":
+			"sessionLength", "userID", "employeeID", "groupID", "isPasswordExpired":
 			return true
 		}
 		// A candidate endpoint list; at most MaxEndpointLists of them.
