@@ -143,6 +143,7 @@ type credState struct {
 	servedJWT string     // and its JWTs: a renewal bumps the version, not the key
 	served    version
 	parentKey string
+	changing  int // password changes holding the lock (Lock): the follower leaves the credential alone
 
 	noticeMu sync.Mutex
 	notice   chan struct{} // closed at each notice for this credential
