@@ -159,6 +159,9 @@ func awaitReady(c *net.UnixConn) error {
 	}
 }
 
+// PID is the daemon's process ID, e.g. to read its /proc/PID/status.
+func (d *Daemon) PID() int { return d.cmd.Process.Pid }
+
 // Logs returns what the daemon has logged so far.
 func (d *Daemon) Logs() string { return d.logs.String() }
 
