@@ -96,10 +96,11 @@ func errFleetUnavailable(cause error, retry time.Duration) *answer.Error {
 			"); the password is unchanged: rotate it again once Redis answers"}
 }
 
-// errLockGaveUp is the answer when the rotation's time ran out while
-// another daemon held the lock.
+// errLockGaveUp is the answer when the rotation ended (its caller left or
+// its time ran out) before it had the lock, mostly because another daemon
+// held it.
 var errLockGaveUp = answer.New(http.StatusServiceUnavailable, "fleet_lock_busy",
-	"fleet mode: another daemon held the credential's lock until this password change gave up; the password is unchanged")
+	"fleet mode: the password change ended before it got the credential's lock (another daemon held it, or the caller left); the password is unchanged")
 
 // unlockChange ends a password change's hold of the lock: it publishes the
 // session installed since Lock, if any, and releases the lock.
