@@ -224,8 +224,9 @@ func TestRotationHoldsLockThroughChange(t *testing.T) {
 }
 
 // Redis unreachable: a rotation is refused with 503 before any call to
-// Erply, and the password and its file stay as they were; a credential
-// kept local rotates without the fleet.
+// Erply, and the password and its file stay as they were; so is one whose
+// caller gives up while another daemon holds the lock. A credential kept
+// local rotates without the fleet.
 func TestRotationWithoutRedis(t *testing.T) {
 	be := miniBackend(t)
 	w := newWorld(t, be)
@@ -233,10 +234,24 @@ func TestRotationWithoutRedis(t *testing.T) {
 	w.openAll(ds...)
 	w.converge("pos", time.Second, ds...)
 	rot := ds[0].rotator(t, nil)
-	be.mr.SetError("LOADING Redis is loading the dataset in memory")
-	_, err := rot.Rotate(context.Background(), "pos")
-	be.mr.SetError("")
+
+	waits := testutil.ToFloat64(ds[0].fleetMetric(t, "erply_sessiond_fleet_lock_waits_total"))
+	be.mr.Set("sessiond:{test/pos}:lock", "another-daemon")
+	ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
+	_, err := rot.Rotate(ctx, "pos")
+	cancel()
+	be.mr.Del("sessiond:{test/pos}:lock")
 	var ae *answer.Error
+	if !errors.As(err, &ae) || ae.Status != 503 || ae.Code != "fleet_lock_busy" {
+		t.Fatalf("Rotate while another daemon holds the lock, caller gone = %v, want a 503 fleet_lock_busy", err)
+	}
+	if testutil.ToFloat64(ds[0].fleetMetric(t, "erply_sessiond_fleet_lock_waits_total")) != waits+1 {
+		t.Fatal("the wait for the lock was not counted")
+	}
+
+	be.mr.SetError("LOADING Redis is loading the dataset in memory")
+	_, err = rot.Rotate(context.Background(), "pos")
+	be.mr.SetError("")
 	if !errors.As(err, &ae) || ae.Status != 503 || ae.Code != "fleet_unavailable" || ae.RetryAfter <= 0 {
 		t.Fatalf("Rotate with Redis down = %v, want a 503 fleet_unavailable with a Retry-After", err)
 	}
