@@ -7,9 +7,8 @@
 // new session (fenced: only the lock holder, only if newer). RenewJWT does
 // the same for JWT renewals (a pool.Renewer), and Lock holds the lock
 // through a password change and publishes its session (a password.Locker).
-// A follower adopts what others
-// publish with pool.Install, on the pub/sub notice, on reconnect and by
-// polling. When Redis is unreachable a breaker makes every decision fail at
+// A follower adopts what others publish with pool.Install, on the pub/sub
+// notice, on reconnect and by polling. When Redis is unreachable a breaker makes every decision fail at
 // once; a login then waits a random delay and is made locally, and when
 // Redis returns the freshest session wins again without a login.
 //
