@@ -1,13 +1,14 @@
 // Package fleet shares each credential's Erply session among the daemons of a fleet through Redis: one login per credential for all of them.
 //
-// In the pool's terms fleet mode is three things. Methods wraps each
+// In the pool's terms fleet mode is four things. Methods wraps each
 // credential's login method: it takes the credential's lock in Redis,
 // re-reads the shared record, adopts it when it is newer than what the pool
 // serves, respects a shared failure hold, or else logs in and publishes the
 // new session (fenced: only the lock holder, only if newer). RenewJWT does
-// the same for JWT renewals (a pool.Renewer). A follower adopts what others
-// publish with pool.Install, on the pub/sub notice, on reconnect and by
-// polling. When Redis is unreachable a breaker makes every decision fail at
+// the same for JWT renewals (a pool.Renewer), and Lock holds the lock
+// through a password change and publishes its session (a password.Locker).
+// A follower adopts what others publish with pool.Install, on the pub/sub
+// notice, on reconnect and by polling. When Redis is unreachable a breaker makes every decision fail at
 // once; a login then waits a random delay and is made locally, and when
 // Redis returns the freshest session wins again without a login.
 //
@@ -143,6 +144,7 @@ type credState struct {
 	servedJWT string     // and its JWTs: a renewal bumps the version, not the key
 	served    version
 	parentKey string
+	changing  int // password changes holding the lock (Lock): the follower leaves the credential alone
 
 	noticeMu sync.Mutex
 	notice   chan struct{} // closed at each notice for this credential

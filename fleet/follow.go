@@ -127,6 +127,13 @@ func (f *Fleet) sync(ctx context.Context, name string) {
 	}
 	now := f.clk.Now()
 	c.mu.Lock()
+	if c.changing > 0 {
+		// A password change of this daemon holds the lock: what the record
+		// holds is about to die at Erply, and the change publishes its
+		// session when it ends.
+		c.mu.Unlock()
+		return
+	}
 	served := c.servedVersion(snap)
 	snapKey := ""
 	if snap.Session != nil {

@@ -26,6 +26,7 @@ import (
 	"github.com/erply-sessiond/erply-sessiond/config"
 	"github.com/erply-sessiond/erply-sessiond/fleet"
 	"github.com/erply-sessiond/erply-sessiond/login"
+	"github.com/erply-sessiond/erply-sessiond/password"
 	"github.com/erply-sessiond/erply-sessiond/pool"
 	"github.com/erply-sessiond/erply-sessiond/refresher"
 	"github.com/erply-sessiond/erply-sessiond/upstream"
@@ -263,6 +264,8 @@ type daemon struct {
 	pool  *pool.Pool
 	fleet *fleet.Fleet
 	reg   *prometheus.Registry
+	log   zerolog.Logger
+	files *password.Files // the password files' locks, as the daemon wires them
 }
 
 type daemonOpt func(*fleet.Options)
@@ -307,7 +310,8 @@ func (w *world) start(creds []config.Credential, opts ...daemonOpt) *daemon {
 	if err != nil {
 		w.t.Fatal(err)
 	}
-	methods := login.Methods(up)
+	files := password.NewFiles(log)
+	methods := files.Methods(login.Methods(up))
 	counted := func(c config.Credential) pool.Method {
 		m := methods(c)
 		return countingMethod{w: w, i: i, inner: m}
@@ -322,7 +326,7 @@ func (w *world) start(creds []config.Credential, opts ...daemonOpt) *daemon {
 	if err := f.Open(p); err != nil {
 		w.t.Fatal(err)
 	}
-	d := &daemon{i: i, clk: clk, up: up, pool: p, fleet: f, reg: reg}
+	d := &daemon{i: i, clk: clk, up: up, pool: p, fleet: f, reg: reg, log: log, files: files}
 	w.t.Cleanup(d.close)
 	w.mu.Lock()
 	w.daemons = append(w.daemons, d)
@@ -471,6 +475,12 @@ func (w *world) mustServe(d *daemon, name string) string {
 // daemon in ds serves the same key for name, and returns how long it took.
 func (w *world) converge(name string, within time.Duration, ds ...*daemon) (string, time.Duration) {
 	w.t.Helper()
+	return w.convergeAway(name, "", within, ds...)
+}
+
+// convergeAway is converge on a key other than old.
+func (w *world) convergeAway(name, old string, within time.Duration, ds ...*daemon) (string, time.Duration) {
+	w.t.Helper()
 	changed := make(chan struct{}, 1)
 	for _, d := range ds {
 		cancel := d.pool.Subscribe(func(*pool.Snapshot) {
@@ -486,7 +496,7 @@ func (w *world) converge(name string, within time.Duration, ds ...*daemon) (stri
 	defer timer.Stop()
 	for {
 		k := ds[0].key(name)
-		same := k != ""
+		same := k != "" && k != old
 		for _, d := range ds[1:] {
 			same = same && d.key(name) == k
 		}

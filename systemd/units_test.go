@@ -188,6 +188,7 @@ func TestEnvExampleDocumentsEverySetting(t *testing.T) {
 		config.VarHTTPSessions, config.VarLogLevel, config.VarLogFormat, config.VarAPIURL,
 		config.VarEndpointCooldown, config.VarRefreshFraction, config.VarExpiryMargin,
 		config.VarProxyConcurrency, config.VarEnvFile, config.VarEnvFileWatch, config.VarStateDir,
+		config.VarFleetRedisURL, config.VarFleetRedisURL + "_FILE", config.VarFleetName, config.VarFleetKeyFile, config.VarFleetLockTTL,
 	} {
 		if !strings.Contains(string(b), v) {
 			t.Errorf("env.example does not mention %s", v)
@@ -196,7 +197,7 @@ func TestEnvExampleDocumentsEverySetting(t *testing.T) {
 	for _, sfx := range []string{
 		"KIND", "CLIENT_CODE", "USERNAME", "PASSWORD_FILE", "PARENT", "PIN_FILE",
 		"TOKEN_FILE", "SESSION_LENGTH", "API_URL", "ALLOW_UIDS", "ALLOW_GIDS",
-		"SINK_FILE", "SINK_MODE",
+		"SINK_FILE", "SINK_MODE", "ROTATE_PASSWORD", "FLEET",
 	} {
 		if !strings.Contains(string(b), "_"+sfx+"=") {
 			t.Errorf("env.example shows no credential setting *_%s", sfx)

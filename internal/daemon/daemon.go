@@ -184,8 +184,14 @@ func New(cfg *config.Config, o Options) (*Daemon, error) {
 	d.pool = p
 	d.policy = policy
 
+	var locker password.Locker // nil without fleet mode: not a nil *fleet.Fleet
+	if d.fleet != nil {
+		// The daemon that rotates holds the credential's fleet lock through
+		// the change and publishes the new session as it lets go.
+		locker = d.fleet
+	}
 	d.rot, err = password.NewRotator(password.Options{Sessions: p, Upstream: d.up, Files: files,
-		Clock: d.clk, Logger: d.log, Registerer: reg})
+		Clock: d.clk, Logger: d.log, Registerer: reg, Locker: locker})
 	if err != nil {
 		return nil, err
 	}

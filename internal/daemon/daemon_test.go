@@ -1,9 +1,20 @@
 package daemon_test
 
 import (
+	"fmt"
 	"os"
+	"os/exec"
 	"testing"
+
+	"go.uber.org/goleak"
 )
+
+func TestMain(m *testing.M) {
+	if _, err := exec.LookPath("redis-server"); err != nil {
+		fmt.Fprintln(os.Stderr, redisMissing)
+	}
+	goleak.VerifyTestMain(m)
+}
 
 func TestDaemonServesAndStops(t *testing.T) {
 	d := startDaemon(t, daemonOptions{})

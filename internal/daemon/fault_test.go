@@ -868,7 +868,7 @@ func TestFaultHostileRSS(t *testing.T) {
 			t.Error(err)
 		}
 	})
-	pid := strconv.Itoa(d.Pid())
+	pid := strconv.Itoa(d.PID())
 	ready := peakRSS(pid)
 
 	hc := &http.Client{Transport: &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {

@@ -15,7 +15,6 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
-	"go.uber.org/goleak"
 
 	"github.com/erply-sessiond/erply-sessiond/client"
 	"github.com/erply-sessiond/erply-sessiond/clock"
@@ -25,8 +24,6 @@ import (
 	"github.com/erply-sessiond/erply-sessiond/upstream"
 	"github.com/erply-sessiond/erply-sessiond/upstream/erplytest"
 )
-
-func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
 
 // testDaemon is the real daemon (daemon.New, Run) running in-process against the fake
 // Erply, on a Unix socket in a short temporary directory.
@@ -79,6 +76,11 @@ type daemonOptions struct {
 	envWatch time.Duration
 	// tune, when set, adjusts the daemon's Options before New.
 	tune func(*daemon.Options)
+	// sibling, when set, starts another daemon beside that one, as on
+	// another host of the same deployment: the same fake Erply, clock,
+	// account, password file and environment (env then adds to it), its
+	// own directory and socket.
+	sibling *testDaemon
 }
 
 var testStart = time.Date(2026, 11, 23, 8, 0, 0, 0, time.UTC)
@@ -89,7 +91,21 @@ func startDaemon(t *testing.T, o daemonOptions) *testDaemon {
 	t.Helper()
 	var clk clock.Clock = clock.Real{}
 	d := &testDaemon{t: t, logs: &syncBuffer{}, reg: prometheus.NewRegistry(), done: make(chan error, 1)}
-	if prev := o.restartOf; prev != nil {
+	if sib := o.sibling; sib != nil {
+		dir, err := os.MkdirTemp("", "sd")
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { os.RemoveAll(dir) })
+		d.dir, d.socket = dir, filepath.Join(dir, "s.sock")
+		d.clk, d.fake = sib.clk, sib.fake
+		d.code, d.user, d.pw, d.pin, d.pwFile = sib.code, sib.user, sib.pw, sib.pin, sib.pwFile
+		d.env = maps.Clone(sib.env)
+		d.env["SESSIOND_SOCKET"] = d.socket
+		if d.clk != nil {
+			clk = d.clk
+		}
+	} else if prev := o.restartOf; prev != nil {
 		d.clk, d.fake, d.dir, d.socket = prev.clk, prev.fake, prev.dir, prev.socket
 		d.code, d.user, d.pw, d.pin, d.pwFile = prev.code, prev.user, prev.pw, prev.pin, prev.pwFile
 		d.env = maps.Clone(prev.env)

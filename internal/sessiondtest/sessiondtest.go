@@ -159,8 +159,8 @@ func awaitReady(c *net.UnixConn) error {
 	}
 }
 
-// Pid is the daemon process's id (for reading /proc/PID, say).
-func (d *Daemon) Pid() int { return d.cmd.Process.Pid }
+// PID is the daemon's process ID, e.g. to read its /proc/PID/status.
+func (d *Daemon) PID() int { return d.cmd.Process.Pid }
 
 // Logs returns what the daemon has logged so far.
 func (d *Daemon) Logs() string { return d.logs.String() }
