@@ -1,5 +1,5 @@
 # Long-running evidence for erply-sessiond; the ordinary tests are `go test -race ./...`
-# (what .ci/run runs, the soak test in its 10-second form included).
+# (what .ci/run runs, the soak test in its 5-second form included).
 
 GO ?= go
 # How long each fuzz target runs.

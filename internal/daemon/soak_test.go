@@ -21,7 +21,7 @@ import (
 )
 
 // Soak settings. SOAK=1 runs the long form (SOAK_DURATION, default 5 min)
-// even with -short; without it the short form (10 s) runs in every plain
+// even with -short; without it the short form (5 s) runs in every plain
 // `go test` and -short skips it. SOAK_SEED replays a run's faults.
 const (
 	soakClients       = 50
@@ -65,7 +65,7 @@ func soakDuration(t *testing.T) time.Duration {
 	if long {
 		return 5 * time.Minute
 	}
-	return 10 * time.Second
+	return 5 * time.Second
 }
 
 // TestSoak runs the daemon on the real clock with 6-second sessions (pos,
